@@ -1,0 +1,74 @@
+"""DatasetIndex: round trip, lookups and validation errors."""
+from pathlib import Path
+
+import pytest
+
+from tap_fast.data.index import DatasetIndex, IndexFormatError, VideoRecord
+
+
+def _records(root: Path):
+    out = []
+    for split, classes in (("train", ["a", "b"]), ("val", ["c"]), ("test", ["d", "e"])):
+        for c in classes:
+            for v in range(3):
+                out.append(VideoRecord(root / c / f"{v}.webm", c, split, 16 + v))
+    return out
+
+
+def test_round_trip_and_lookups(tmp_path):
+    idx = DatasetIndex(_records(tmp_path))
+    path = idx.save(tmp_path / "index.jsonl")
+    # paths are stored relative to the index file
+    assert str(tmp_path) not in path.read_text()
+    back = DatasetIndex.load(path)
+    assert back == idx
+    assert back.classes("train") == ["a", "b"] and back.classes("test") == ["d", "e"]
+    assert back.classes() == ["a", "b", "c", "d", "e"]
+    assert [r.num_frames for r in back.videos("c")] == [16, 17, 18]
+    assert all(r.split == "test" for r in back.records("test")) and len(back.records("test")) == 6
+    assert back.split_of("c") == "val"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_resolves_relative_to_moved_dir(tmp_path):
+    DatasetIndex(_records(tmp_path / "a")).save(tmp_path / "a" / "index.jsonl")
+    (tmp_path / "a").rename(tmp_path / "b")
+    back = DatasetIndex.load(tmp_path / "b" / "index.jsonl")
+    assert back.records()[0].path == (tmp_path / "b" / "a" / "0.webm").resolve()
+
+
+def test_unknown_class_and_split(tmp_path):
+    idx = DatasetIndex(_records(tmp_path))
+    with pytest.raises(KeyError, match="'zz'"):
+        idx.videos("zz")
+    with pytest.raises(ValueError, match="split 'dev'"):
+        idx.classes("dev")
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (VideoRecord(Path("x.webm"), "a", "dev", 3), "split 'dev'"),
+    (VideoRecord(Path("x.webm"), "a", "train", 0), "num_frames"),
+    (VideoRecord(Path("x.webm"), "", "train", 3), "empty class"),
+    (VideoRecord(Path("x.webm"), "d", "train", 3), "class 'd' appears in splits"),
+])
+def test_validation_errors(tmp_path, bad, msg):
+    with pytest.raises(IndexFormatError, match=msg):
+        DatasetIndex(_records(tmp_path) + [bad])
+
+
+def test_duplicate_path(tmp_path):
+    recs = _records(tmp_path)
+    with pytest.raises(IndexFormatError, match="duplicate path"):
+        DatasetIndex(recs + [recs[0]])
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        DatasetIndex.load(tmp_path / "missing.jsonl")
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"path": "x", "class_name": "a", "split": "train", "num_frames": 3}\nnot json\n')
+    with pytest.raises(IndexFormatError, match=r"bad.jsonl:2: not valid JSON"):
+        DatasetIndex.load(p)
+    p.write_text('{"path": "x", "split": "train", "num_frames": 3}\n')
+    with pytest.raises(IndexFormatError, match="class_name"):
+        DatasetIndex.load(p)
