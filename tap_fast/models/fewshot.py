@@ -1,0 +1,60 @@
+"""The few-shot classifier: backbone per frame -> head -> class scores -> loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import build_backbone
+from .heads import build_head
+
+
+class FewShotModel(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def frame_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips [B, T, 3, H, W] -> per-frame features [B, T, Df]."""
+        if clips.dim() != 5 or clips.shape[2] != 3:
+            raise ValueError(f"clips must be [videos, frames, 3, H, W], got {tuple(clips.shape)}")
+        b, t = clips.shape[:2]
+        features = self.backbone(clips.flatten(0, 1))
+        return features.view(b, t, -1)
+
+    def forward(self, support: torch.Tensor, query: torch.Tensor, way: int) -> torch.Tensor:
+        """Class logits [NQ, way]. support is class-major: support[c * shot + k] is class c."""
+        if support.shape[0] % way:
+            raise ValueError(f"{support.shape[0]} support videos do not split into {way} classes")
+        features = self.frame_features(torch.cat([support, query]))
+        support_features, query_features = features[: len(support)], features[len(support):]
+        similarity = self.head(query_features, support_features)  # [NQ, NS]
+        shot = support.shape[0] // way
+        # c(V, k): mean similarity to the class's support videos
+        return similarity.view(len(query), way, shot).mean(-1)
+
+    def alignment_maps(self, support: torch.Tensor, query: torch.Tensor):
+        features = self.frame_features(torch.cat([support, query]))
+        return self.head.alignment_maps(features[len(support):], features[: len(support)])
+
+
+def episode_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels)
+
+
+def build_model(config) -> FewShotModel:
+    backbone = build_backbone(config.backbone, config.feature_dim, config.backbone_weights)
+    head = build_head(
+        config.head, backbone.feature_dim, config.lstm_hidden, config.mlp_hidden, config.otam_gamma
+    )
+    return FewShotModel(backbone, head)
+
+
+def parameter_groups_to_clip(model: FewShotModel) -> list[nn.Parameter]:
+    """The paper clips the gradients of theta (backbone) and alpha (BiLSTM) only."""
+    params = list(model.backbone.parameters())
+    temporal = getattr(model.head, "temporal", None)
+    if temporal is not None:
+        params += list(temporal.parameters())
+    return params

@@ -1,0 +1,64 @@
+"""PNG figures: training curves and the paper's Figure 2 (alignment P and cosine S of a pair)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from tap_fast.evaluate import TEST_SEED_OFFSET  # noqa: E402
+
+
+def plot_training_curves(history: list[dict], path: Path) -> Path:
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    episodes = [h["episode"] for h in history]
+    loss_ax.plot(episodes, [h["train_loss"] for h in history], marker="o")
+    loss_ax.set(xlabel="training episode", ylabel="training loss (smoothed)", title="loss")
+    acc = [h["val_accuracy"] for h in history]
+    ci = [h["val_ci95"] for h in history]
+    acc_ax.errorbar(episodes, acc, yerr=ci, marker="o", capsize=3)
+    acc_ax.set(xlabel="training episode", ylabel="accuracy (%)", title="meta-validation")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def plot_alignment_example(model, config, index, device, path: Path, split: str = "test") -> Path:
+    """For one test query: P, S and P*S against a support of its class and of another class."""
+    from tap_fast.data.build import episode_dataset
+
+    dataset = episode_dataset(config, index, split, shot=1, train=False, seed=config.seed + TEST_SEED_OFFSET)
+    batch = dataset[0]
+    model.eval()
+    query = batch["query"][:1].to(device)
+    label = int(batch["query_labels"][0])
+    other = (label + 1) % len(batch["class_names"])
+    support = batch["support"][[label, other]].to(device)  # shot 1: support[c] is class c
+    P, S = model.alignment_maps(support, query)
+    S = S[0].float().cpu()
+    P = None if P is None else P[0].float().cpu()
+
+    rows = [("S (cosine)", S, "RdBu_r", (-1, 1))]
+    if P is not None:
+        rows = [("P (alignment)", P, "viridis", (0, 1)), rows[0], ("P * S", P * S, "RdBu_r", (-1, 1))]
+    titles = [f"same class: {batch['class_names'][label]}", f"other class: {batch['class_names'][other]}"]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(7, 3.2 * len(rows)), squeeze=False)
+    for r, (name, maps, cmap, (lo, hi)) in enumerate(rows):
+        for c in range(2):
+            ax = axes[r][c]
+            image = ax.imshow(maps[c].numpy(), cmap=cmap, vmin=lo, vmax=hi)
+            ax.set(xlabel="support frame j", ylabel="query frame i",
+                   title=f"{name}\n{titles[c]}" if r == 0 else name)
+            fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(f"{config.head}: query of class {batch['class_names'][label]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
