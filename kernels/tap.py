@@ -1,0 +1,138 @@
+"""Public TAP ops and backend dispatch.
+
+    tap_scores(x, y, weights, biases)    -> [Q, S]
+    tap_alignment(x, y, weights, biases) -> (P, S), each [Q, S, Tq, Ts]
+
+Both backends share the cheap prelude computed here with ordinary (autograd-tracked) torch ops:
+    U   = X W1x^T            [Q, Tq, H1]     (W1 = [W1x | W1y] acts on concat(x_i, y_j))
+    V   = Y W1y^T + b1       [S, Ts, H1]
+    cos = n(X) n(Y)^T        [Q, S, Tq, Ts]  (F.normalize semantics, eps 1e-12)
+so gradients to x, y, W1, b1 come from autograd through these, and a backend only has to reduce
+    scores[q, s] = sum_ij sigmoid(MLP_{2..L}(relu(U_qi + V_sj))) * cos_qsij
+and give dU, dV, dcos and the grads of layers 2..L.
+
+Backends: "triton" (fused kernels, CUDA; CPU tensors only under TRITON_INTERPRET=1) for the paper's
+depth (3 hidden layers); "torch" (memory-bounded chunks, any device and depth).  "auto" picks
+triton for CUDA tensors with a supported depth, else torch.  The environment variable
+TAP_FAST_BACKEND overrides "auto" (useful to force a path in tests or benches).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .tap_checks import validate_tap_inputs
+from .tap_torch import DEFAULT_BUDGET_BYTES, tap_p_torch, tap_pairs_torch
+
+__all__ = ["tap_scores", "tap_alignment", "resolve_backend"]
+
+_BACKENDS = ("auto", "torch", "triton")
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _fused_supports(widths: Sequence[int]) -> bool:
+    # Lazy import: the torch path must work where Triton is missing or broken.
+    try:
+        from .tap_triton import fused_supports_widths
+    except ImportError:
+        return False
+    return fused_supports_widths(widths)
+
+
+def resolve_backend(x: torch.Tensor, widths: Sequence[int], backend: str = "auto") -> str:
+    """Which backend runs for these inputs: "torch" or "triton"."""
+    if backend == "auto":
+        backend = os.environ.get("TAP_FAST_BACKEND", "auto")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.is_cuda and _fused_supports(widths) else "torch"
+    if backend == "triton":
+        if not _fused_supports(widths):
+            raise ValueError(
+                f"the fused Triton kernels support 3 hidden layers with H2, H3 <= 256 (widths {list(widths)}); "
+                "use backend='torch'"
+            )
+        if not x.is_cuda and not _triton_interpreting():
+            raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    return backend
+
+
+def _common_dtype(x, y, weights, biases):
+    """Under autocast run everything in the autocast dtype (the fused op takes one dtype)."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        return x.to(dt), y.to(dt), [w.to(dt) for w in weights], [b.to(dt) for b in biases], True
+    return x, y, list(weights), list(biases), False
+
+
+def _prelude(x, y, weights, biases):
+    d = x.shape[-1]
+    w1 = weights[0]
+    u = torch.matmul(x, w1[:, :d].t())
+    v = torch.matmul(y, w1[:, d:].t()) + biases[0]
+    cos = torch.einsum("qid,sjd->qsij", F.normalize(x, dim=-1, eps=1e-12), F.normalize(y, dim=-1, eps=1e-12))
+    return u, v, cos
+
+
+def tap_scores(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    *,
+    backend: str = "auto",
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """TAP scores [Q, S] = sum_ij P_ij * S_ij for x [Q, Tq, D], y [S, Ts, D] (see module docstring).
+
+    ``budget_bytes`` bounds the hidden activations per chunk of the torch backend.
+    """
+    widths = validate_tap_inputs(x, y, weights, biases)
+    x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
+    with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
+        u, v, cos = _prelude(x, y, weights, biases)
+        if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
+            return (torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]) * cos).sum(dim=(-2, -1))
+        if resolve_backend(x, widths, backend) == "triton":
+            from .tap_triton import tap_pairs_triton
+
+            return tap_pairs_triton(u, v, cos, weights[1:], biases[1:])
+        return tap_pairs_torch(u, v, cos, weights[1:], biases[1:], budget_bytes)
+
+
+def tap_alignment(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    *,
+    backend: str = "auto",
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, S), each [Q, S, Tq, Ts], for inspection and plots.
+
+    S is differentiable; P is computed without an autograd graph (memory-bounded, never storing the
+    hidden activations).  Use tap_alignment_reference for a differentiable P on small inputs.
+    """
+    widths = validate_tap_inputs(x, y, weights, biases)
+    x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
+    with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
+        u, v, cos = _prelude(x, y, weights, biases)
+        with torch.no_grad():
+            if len(weights) == 1:
+                return torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]), cos
+            if resolve_backend(x, widths, backend) == "triton":
+                from .tap_triton import tap_p_triton
+
+                return tap_p_triton(u.detach(), v.detach(), cos.detach(), weights[1:], biases[1:]), cos
+            return tap_p_torch(u, v, weights[1:], biases[1:], budget_bytes), cos
+

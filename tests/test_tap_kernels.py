@@ -1,0 +1,179 @@
+"""TAP reference, memory-bounded torch path and input validation (CPU, float64 oracle)."""
+import math
+
+import pytest
+import torch
+
+from tap_fast.kernels import tap_alignment, tap_scores
+from tap_fast.kernels.tap_reference import tap_alignment_reference, tap_scores_reference
+from tap_fast.kernels.tap_testing import PAPER_HIDDEN, lowp_tolerance, make_tap_inputs, rel_err
+from tap_fast.kernels.tap_torch import DEFAULT_BUDGET_BYTES, chunk_activation_bytes, plan_chunk_rows
+
+
+def _grads(out, inputs, seed):
+    # A random cotangent so every score's gradient counts with a different weight.
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
+    return torch.autograd.grad(out, inputs, cot)
+
+
+# ---------------------------------------------------------------- reference vs a direct loop
+
+
+def test_reference_matches_explicit_loop():
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 5, (7, 3), dtype=torch.float64, seed=1)
+    scores = tap_scores_reference(x, y, ws, bs)
+    for q in range(2):
+        for s in range(2):
+            total = 0.0
+            for i in range(3):
+                for j in range(4):
+                    h = torch.cat([x[q, i], y[s, j]])
+                    for k, (w, b) in enumerate(zip(ws, bs)):
+                        h = w @ h + b
+                        h = torch.relu(h) if k < len(ws) - 1 else torch.sigmoid(h)
+                    cos = torch.dot(x[q, i], y[s, j]) / (x[q, i].norm() * y[s, j].norm())
+                    total += h[0] * cos
+            assert math.isclose(scores[q, s].item(), total.item(), rel_tol=1e-12)
+
+
+# ---------------------------------------------------------------- torch path
+
+
+SHAPES = [  # (Q, S, Tq, Ts, D, hidden)
+    (1, 1, 1, 1, 3, (4,)),
+    (2, 3, 5, 7, 12, (20, 10, 6)),
+    (3, 2, 4, 3, 9, (17, 5)),
+    (1, 2, 6, 6, 8, (8, 8, 8, 8)),
+    (2, 2, 3, 5, 4, ()),  # no hidden layer: a single [1, 2D] layer
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("budget", [1, 4096, DEFAULT_BUDGET_BYTES])  # 1 byte -> one row per chunk
+def test_torch_path_forward_and_grads_match_reference(shape, budget):
+    q, s, tq, ts, d, hidden = shape
+    inputs = make_tap_inputs(q, s, tq, ts, d, hidden, dtype=torch.float64, seed=hash(shape) % 1000, requires_grad=True)
+    x, y, ws, bs = inputs
+    flat = [x, y, *ws, *bs]
+    got = tap_scores(x, y, ws, bs, backend="torch", budget_bytes=budget)
+    want = tap_scores_reference(x, y, ws, bs)
+    assert got.shape == (q, s)
+    assert rel_err(got, want) < 1e-12
+    for g, w in zip(_grads(got, flat, 3), _grads(want, flat, 3)):
+        assert rel_err(g, w) < 1e-10
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_torch_path_low_precision(dtype, tol):
+    x, y, ws, bs = make_tap_inputs(2, 3, 5, 4, 12, (20, 10, 6), dtype=dtype, seed=7, requires_grad=True)
+    ref = [t.detach().double().requires_grad_() for t in (x, y, *ws, *bs)]
+    got = tap_scores(x, y, ws, bs, backend="torch", budget_bytes=2048)
+    want = tap_scores_reference(ref[0], ref[1], ref[2:6], ref[6:])
+    eager = tap_scores_reference(x, y, ws, bs)  # same dtype, plain autograd: the error to compare with
+    assert got.dtype == dtype
+    assert rel_err(got, want) < tol
+    grads = zip(_grads(got, [x, y, *ws, *bs], 5), _grads(eager, [x, y, *ws, *bs], 5), _grads(want, ref, 5))
+    for g, e, w in grads:
+        assert rel_err(g, w) <= lowp_tolerance(e, w, tol)
+
+
+def test_torch_path_gradcheck():
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 2, 3, (5, 4), dtype=torch.float64, seed=11, requires_grad=True)
+
+    def fn(x, y, *p):
+        return tap_scores(x, y, list(p[:3]), list(p[3:]), backend="torch", budget_bytes=200)
+
+    assert torch.autograd.gradcheck(fn, (x, y, *ws, *bs))
+
+
+def test_alignment_matches_reference():
+    x, y, ws, bs = make_tap_inputs(2, 3, 5, 4, 6, (9, 5, 3), dtype=torch.float64, seed=2)
+    p, cos = tap_alignment(x, y, ws, bs, backend="torch", budget_bytes=500)
+    p_ref, cos_ref = tap_alignment_reference(x, y, ws, bs)
+    assert p.shape == cos.shape == (2, 3, 5, 4)
+    assert rel_err(p, p_ref) < 1e-12 and rel_err(cos, cos_ref) < 1e-12
+
+
+def test_autocast_cpu_runs_in_bf16():
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 8, (16, 8, 4), seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tap_scores(x, y, ws, bs, backend="torch")
+    assert got.dtype == torch.bfloat16
+    assert rel_err(got, tap_scores_reference(*[t.double() for t in (x, y)], [w.double() for w in ws], [b.double() for b in bs])) < 2e-2
+
+
+def test_torch_compile_of_torch_path():
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 8, (16, 8, 4), seed=9, requires_grad=True)
+    compiled = torch.compile(lambda *a: tap_scores(a[0], a[1], list(a[2:6]), list(a[6:]), backend="torch"), backend="eager")
+    got = compiled(x, y, *ws, *bs)
+    want = tap_scores(x, y, ws, bs, backend="torch")
+    assert rel_err(got, want) < 1e-6
+    g1 = torch.autograd.grad(got.sum(), [x, *ws])
+    g2 = torch.autograd.grad(want.sum(), [x, *ws])
+    assert max(rel_err(a, b) for a, b in zip(g1, g2)) < 1e-6
+
+
+# ---------------------------------------------------------------- memory bound (computed, not allocated)
+
+
+@pytest.mark.parametrize("t", [4, 8, 16, 32, 64, 128, 512])
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_chunk_plan_respects_budget_at_paper_widths(t, itemsize):
+    widths = [PAPER_HIDDEN[0], PAPER_HIDDEN[1], PAPER_HIDDEN[2]]
+    rows = plan_chunk_rows(t, widths, itemsize)
+    assert rows >= 1
+    assert chunk_activation_bytes(rows, t, widths, itemsize) <= DEFAULT_BUDGET_BYTES
+    # The 5-way 5-shot episode (Q=5, S=25) never holds the full hidden tensor [Q, S, T, T, H1].
+    full_hidden = 5 * 25 * t * t * PAPER_HIDDEN[0] * itemsize
+    if full_hidden > DEFAULT_BUDGET_BYTES:
+        assert chunk_activation_bytes(rows, t, widths, itemsize) < full_hidden
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _good():
+    return make_tap_inputs(2, 3, 4, 5, 6, (8, 4, 2), seed=0)
+
+
+def _bad_cases():
+    x, y, ws, bs = _good()
+    nan_x = x.clone()
+    nan_x[0, 1, 2] = float("nan")
+    inf_y = y.clone()
+    inf_y[1, 0, 0] = float("inf")
+    return {
+        "rank": ((x[0], y, ws, bs), ValueError, "rank"),
+        "feature mismatch x/y": ((x, y[..., :5], ws, bs), ValueError, "feature size mismatch"),
+        "feature mismatch weights": ((x[..., :5], y[..., :5], ws, bs), ValueError, r"weights\[0\]"),
+        "nan x": ((nan_x, y, ws, bs), ValueError, "x contains NaN"),
+        "inf y": ((x, inf_y, ws, bs), ValueError, "y contains NaN or inf"),
+        "dtype": ((x, y.double(), ws, bs), TypeError, "same dtype"),
+        "weight dtype": ((x, y, [ws[0].double()] + ws[1:], bs), TypeError, r"weights\[0\]"),
+        "int input": ((x.long(), y.long(), ws, bs), TypeError, "floating-point"),
+        "empty weights": ((x, y, [], []), ValueError, "at least one layer"),
+        "bias count": ((x, y, ws, bs[:-1]), ValueError, "bias vectors"),
+        "bias shape": ((x, y, ws, [bs[0][:-1]] + bs[1:]), ValueError, r"biases\[0\]"),
+        "layer chain": ((x, y, [ws[0], ws[2], ws[3]], [bs[0], bs[2], bs[3]]), ValueError, r"weights\[1\]"),
+        "last width": ((x, y, ws[:-1], bs[:-1]), ValueError, "1 value"),
+        "device": ((x, y.to("meta"), ws, bs), ValueError, "same device"),
+        "empty x": ((x[:, :0], y, ws, bs), ValueError, "empty"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()))
+@pytest.mark.parametrize("fn", [tap_scores, tap_alignment, tap_scores_reference])
+def test_bad_inputs_raise_clear_errors(case, fn):
+    args, exc, msg = _bad_cases()[case]
+    with pytest.raises(exc, match=msg):
+        fn(*args)
+
+
+def test_tq_differs_from_ts_is_fine():
+    x, y, ws, bs = make_tap_inputs(2, 3, 3, 7, 6, (8, 4, 2), seed=0)
+    assert tap_scores(x, y, ws, bs).shape == (2, 3)
+
+
+def test_unknown_backend_rejected():
+    with pytest.raises(ValueError, match="backend"):
+        tap_scores(*_good(), backend="cuda")
