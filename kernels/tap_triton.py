@@ -1,0 +1,415 @@
+"""Fused Triton TAP kernels (forward + recompute backward) for the paper's 3-hidden-layer MLP.
+
+What is fused.  ``tap.py`` computes U = X W1x^T [Q, Tq, H1], V = Y W1y^T + b1 [S, Ts, H1] and
+cos [Q, S, Tq, Ts] with plain GEMMs.  Here one tile = BI x BJ frame pairs (q, s, i-block, j-block),
+i.e. BM = BI*BJ GEMM rows:
+
+    A  = relu(U[q, i, k] + V[s, j, k])      built on the fly, K-block by K-block (never stored)
+    z2 = A @ W2^T + b2, h2 = relu(z2)       tl.dot, fp32 accumulator [BM, H2]
+    z3 = h2 @ W3^T + b3, h3 = relu(z3)      tl.dot [BM, H3], in registers
+    P  = sigmoid(h3 . w4 + b4)              row reduction
+    partial[q, s, tile] = sum P * cos       -> scores = partial.sum(-1)  (deterministic)
+
+No Q*S*T*T*H tensor is ever written.  Backward recomputes the tile (as FlashAttention does) and
+pushes the gradient back through layers 4, 3, 2 and the relu(U + V) operand:
+
+    dU[q, i] = sum_{s, j} dz1,   dV[s, j] = sum_{q, i} dz1
+
+Each of dU and dV needs a different owner to be reduced without atomics, so the backward runs the
+same kernel twice (constexpr OWN_U):
+  * OWN_U: a work item is (q, i-block, s-group); it loops over the s in its group and all j-blocks,
+    accumulates dU into its own slice of dU_part[s-group] and writes dcos; the program also
+    accumulates the weight/bias gradients into its own partial slot (persistent grid of NPROG
+    programs, each with one slot: memory NPROG * |weights|, summed afterwards in a fixed order).
+  * OWN_V: a work item is (s, j-block, q-group); it only accumulates dV into dV_part[q-group].
+All reductions are deterministic (fixed loop order, owned buffers, torch sums of partials).  The
+cost is one extra forward+dz1 recompute; atomics would avoid it but are not deterministic.
+
+Extra memory: O((G_u + G_v) * (Q + S) * T * H1 + NPROG * |weights| + Q*S*tiles).
+
+dtypes: fp32 (tf32 tensor cores when torch.backends.cuda.matmul.allow_tf32), fp16, bf16 operands,
+always fp32 accumulation.  Under TRITON_INTERPRET=1 (CPU tests) one small config is used; on GPU the
+K-block, warps and stages are autotuned (tile rows BM = BI*BJ are chosen by a heuristic because they
+fix the shape of the partial-sum buffers).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["fused_supports_widths", "tap_pairs_triton", "tap_p_triton", "MAX_FUSED_WIDTH"]
+
+# h2 [BM, H2] and h3 [BM, H3] live in registers for the whole tile: cap their padded widths.
+MAX_FUSED_WIDTH = 256
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fused_supports_widths(widths) -> bool:
+    """widths = [2D, H1, H2, H3, 1]: 3 hidden layers with H2, H3 small enough to stay in registers."""
+    return len(widths) == 5 and widths[-1] == 1 and max(widths[2], widths[3]) <= MAX_FUSED_WIDTH
+
+
+def _pad(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))  # tl.dot needs every dim >= 16
+
+
+def _tile_shape(tq: int, ts: int) -> tuple[int, int]:
+    """(BI, BJ): 64 GEMM rows per tile on GPU (fits H2 = 256 fp32 accumulators in registers with 4-8
+    warps), 16 under the interpreter (tiny test shapes).  BJ follows Ts so short clips waste little."""
+    rows = 16 if _interpreting() else 64
+    bj = min(triton.next_power_of_2(ts), rows)
+    return max(1, rows // bj), bj
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _configs(keys_reset=None):
+    if _interpreting():
+        return [triton.Config({"BK": 16}, num_warps=1, num_stages=1)]
+    return [
+        triton.Config({"BK": bk}, num_warps=w, num_stages=st)
+        for bk in (32, 64, 128)
+        for w in (4, 8)
+        for st in (2, 3, 4)
+    ]
+
+
+# ------------------------------------------------------------------------------------------ tile math
+
+
+@triton.jit
+def _tile_rows(q, s, i0, j0, Tq, Ts, BI: tl.constexpr, BJ: tl.constexpr):
+    m = tl.arange(0, BI * BJ)
+    i = i0 + m // BJ
+    j = j0 + m % BJ
+    ok = (i < Tq) & (j < Ts)
+    return i, j, ok
+
+
+@triton.jit
+def _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK: tl.constexpr):
+    """First hidden activation for the tile's rows and K-block k0: (z1 > 0 mask, relu(U_qi + V_sj)) in fp32."""
+    k = k0 + tl.arange(0, BK)
+    msk = ok[:, None] & (k < H1)[None, :]
+    u = tl.load(U + (q * Tq + i)[:, None] * H1 + k[None, :], mask=msk, other=0.0).to(tl.float32)
+    v = tl.load(V + (s * Ts + j)[:, None] * H1 + k[None, :], mask=msk, other=0.0).to(tl.float32)
+    z1 = u + v
+    return z1 > 0, tl.maximum(z1, 0.0)
+
+
+@triton.jit
+def _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts, H1, H2, H3,
+                  BK: tl.constexpr, BM: tl.constexpr, BH2: tl.constexpr, BH3: tl.constexpr,
+                  DOT_PREC: tl.constexpr):
+    """Layers 2..4 of the tile: returns z2, h2, z3, h3 (fp32) and P [BM]."""
+    n2 = tl.arange(0, BH2)
+    n3 = tl.arange(0, BH3)
+    acc = tl.zeros((BM, BH2), dtype=tl.float32)
+    for k0 in range(0, H1, BK):
+        _, h1 = _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK)
+        k = k0 + tl.arange(0, BK)
+        # W2^T block [BK, BH2]: W2 is [H2, H1] row-major.
+        w2t = tl.load(W2 + n2[None, :] * H1 + k[:, None], mask=(n2 < H2)[None, :] & (k < H1)[:, None], other=0.0)
+        acc = tl.dot(h1.to(w2t.dtype), w2t, acc, input_precision=DOT_PREC)
+    z2 = acc + tl.load(B2 + n2, mask=n2 < H2, other=0.0).to(tl.float32)[None, :]
+    h2 = tl.maximum(z2, 0.0)
+    w3t = tl.load(W3 + n3[None, :] * H2 + n2[:, None], mask=(n3 < H3)[None, :] & (n2 < H2)[:, None], other=0.0)
+    z3 = tl.dot(h2.to(w3t.dtype), w3t, input_precision=DOT_PREC)
+    z3 = z3 + tl.load(B3 + n3, mask=n3 < H3, other=0.0).to(tl.float32)[None, :]
+    h3 = tl.maximum(z3, 0.0)
+    w4 = tl.load(W4 + n3, mask=n3 < H3, other=0.0).to(tl.float32)
+    z4 = tl.sum(h3 * w4[None, :], axis=1) + tl.load(B4).to(tl.float32)
+    p = tl.sigmoid(z4)
+    return z2, h2, z3, h3, p
+
+
+# ------------------------------------------------------------------------------------------ forward
+
+
+@triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ"])
+@triton.jit
+def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
+                    S, Tq, Ts, H1, H2, H3, n_jb, n_tiles,
+                    STORE_P: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_qs = tl.program_id(1)
+    q = pid_qs // S
+    s = pid_qs % S
+    i, j, ok = _tile_rows(q, s, (pid_t // n_jb) * BI, (pid_t % n_jb) * BJ, Tq, Ts, BI, BJ)
+    _, _, _, _, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts, H1, H2, H3,
+                                  BK, BI * BJ, BH2, BH3, DOT_PREC)
+    pair = (pid_qs * Tq + i) * Ts + j
+    c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
+    tl.store(PARTIAL + pid_qs * n_tiles + pid_t, tl.sum(tl.where(ok, p * c, 0.0), axis=0))
+    if STORE_P:
+        tl.store(P_OUT + pair, p.to(P_OUT.dtype.element_ty), mask=ok)
+
+
+# ------------------------------------------------------------------------------------------ backward
+
+
+_BWD_ACCUMULATORS = ["DU_PART", "DV_PART", "DW2_P", "DB2_P", "DW3_P", "DB3_P", "DW4_P", "DB4_P"]
+
+
+@triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "OWN_U"],
+                 reset_to_zero=_BWD_ACCUMULATORS)
+@triton.jit
+def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
+                    DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P,
+                    Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, NPROG,
+                    OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr):
+    BM: tl.constexpr = BI * BJ
+    pid = tl.program_id(0)
+    n2 = tl.arange(0, BH2)
+    n3 = tl.arange(0, BH3)
+    m2 = n2 < H2
+    m3 = n3 < H3
+    w4 = tl.load(W4 + n3, mask=m3, other=0.0).to(tl.float32)
+    # W3 [BH3, BH2] (row-major [H3, H2]) for dz2 = dz3 @ W3.
+    w3 = tl.load(W3 + n3[:, None] * H2 + n2[None, :], mask=m3[:, None] & m2[None, :], other=0.0)
+    # Small weight-grad accumulators stay in registers for the whole persistent loop.
+    db2 = tl.zeros((BH2,), dtype=tl.float32)
+    db3 = tl.zeros((BH3,), dtype=tl.float32)
+    dw4 = tl.zeros((BH3,), dtype=tl.float32)
+    db4 = tl.zeros((BM,), dtype=tl.float32)
+    for item in range(pid, n_items, NPROG):
+        if OWN_U:
+            # item = (q, i-block, s-group); inner loop over (s in group, j-block)
+            g = item % ((S + per_group - 1) // per_group)
+            qi = item // ((S + per_group - 1) // per_group)
+            q = qi // n_ib
+            i0 = (qi % n_ib) * BI
+            n_inner = tl.minimum(per_group, S - g * per_group) * n_jb
+        else:
+            # item = (s, j-block, q-group); inner loop over (q in group, i-block)
+            g = item % ((Q + per_group - 1) // per_group)
+            sj = item // ((Q + per_group - 1) // per_group)
+            s = sj // n_jb
+            j0 = (sj % n_jb) * BJ
+            n_inner = tl.minimum(per_group, Q - g * per_group) * n_ib
+        for t in range(0, n_inner):
+            if OWN_U:
+                s = g * per_group + t // n_jb
+                j0 = (t % n_jb) * BJ
+            else:
+                q = g * per_group + t // n_ib
+                i0 = (t % n_ib) * BI
+            i, j, ok = _tile_rows(q, s, i0, j0, Tq, Ts, BI, BJ)
+            z2, h2, z3, h3, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts, H1, H2, H3,
+                                              BK, BM, BH2, BH3, DOT_PREC)
+            pair = ((q * S + s) * Tq + i) * Ts + j
+            c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
+            gs = tl.load(GS + q * S + s).to(tl.float32)
+            # d score / d logit = g * cos * P (1 - P); zero on padding rows so nothing below leaks.
+            dz4 = tl.where(ok, gs * c * p * (1.0 - p), 0.0)
+            dz3 = tl.where(z3 > 0, dz4[:, None] * w4[None, :], 0.0)  # [BM, BH3]
+            dz2 = tl.dot(dz3.to(w3.dtype), w3, input_precision=DOT_PREC)
+            dz2 = tl.where(z2 > 0, dz2, 0.0)  # [BM, BH2]
+            if OWN_U:
+                tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
+                db4 += dz4
+                dw4 += tl.sum(dz4[:, None] * h3, axis=0)
+                db3 += tl.sum(dz3, axis=0)
+                db2 += tl.sum(dz2, axis=0)
+                # dW3 slot [H3, H2] += dz3^T h2  (program-owned slot: plain read-modify-write)
+                w3_ptr = DW3_P + pid * H3 * H2 + n3[:, None] * H2 + n2[None, :]
+                w3_msk = m3[:, None] & m2[None, :]
+                dw3 = tl.dot(tl.trans(dz3.to(w3.dtype)), h2.to(w3.dtype), input_precision=DOT_PREC)
+                tl.store(w3_ptr, tl.load(w3_ptr, mask=w3_msk, other=0.0) + dw3, mask=w3_msk)
+            dz2_op = dz2.to(w3.dtype)
+            for k0 in range(0, H1, BK):
+                pos1, h1 = _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK)
+                k = k0 + tl.arange(0, BK)
+                km = k < H1
+                w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
+                dz1 = tl.dot(dz2_op, w2, input_precision=DOT_PREC)  # [BM, BK]
+                dz1 = tl.where(pos1, dz1, 0.0)
+                if OWN_U:
+                    w2_ptr = DW2_P + pid * H2 * H1 + n2[:, None] * H1 + k[None, :]
+                    w2_msk = m2[:, None] & km[None, :]
+                    dw2 = tl.dot(tl.trans(dz2_op), h1.to(w2.dtype), input_precision=DOT_PREC)
+                    tl.store(w2_ptr, tl.load(w2_ptr, mask=w2_msk, other=0.0) + dw2, mask=w2_msk)
+                    # sum over the tile's j (rows are i-major): [BI, BJ, BK] -> [BI, BK]
+                    part = tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=1)
+                    ii = i0 + tl.arange(0, BI)
+                    ptr = DU_PART + ((g * Q + q) * Tq + ii)[:, None] * H1 + k[None, :]
+                    msk = (ii < Tq)[:, None] & km[None, :]
+                else:
+                    part = tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=0)
+                    jj = j0 + tl.arange(0, BJ)
+                    ptr = DV_PART + ((g * S + s) * Ts + jj)[:, None] * H1 + k[None, :]
+                    msk = (jj < Ts)[:, None] & km[None, :]
+                tl.store(ptr, tl.load(ptr, mask=msk, other=0.0) + part, mask=msk)
+    if OWN_U:
+        tl.store(DB2_P + pid * H2 + n2, db2, mask=m2)
+        tl.store(DB3_P + pid * H3 + n3, db3, mask=m3)
+        tl.store(DW4_P + pid * H3 + n3, dw4, mask=m3)
+        tl.store(DB4_P + pid, tl.sum(db4, axis=0))
+
+
+# ------------------------------------------------------------------------------------------ launchers
+
+
+def _new_output(shape, dtype, device) -> torch.Tensor:
+    """Allocation of write-only kernel outputs (every element is written by a kernel).  Tests swap it
+    for a NaN-filled allocation to prove that; accumulators use torch.zeros instead."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _meta(u, v, w2, w3):
+    n_q, tq, h1 = u.shape
+    n_s, ts, _ = v.shape
+    bi, bj = _tile_shape(tq, ts)
+    return dict(n_q=n_q, n_s=n_s, tq=tq, ts=ts, h1=h1, h2=w2.shape[0], h3=w3.shape[0], bi=bi, bj=bj,
+                n_ib=triton.cdiv(tq, bi), n_jb=triton.cdiv(ts, bj))
+
+
+def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
+    m = _meta(u, v, w2, w3)
+    n_tiles = m["n_ib"] * m["n_jb"]
+    partial = _new_output((m["n_q"] * m["n_s"], n_tiles), torch.float32, u.device)
+    p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), u.dtype, u.device)
+    _tap_fwd_kernel[(n_tiles, m["n_q"] * m["n_s"])](
+        u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
+        m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles,
+        STORE_P=store_p, BI=m["bi"], BJ=m["bj"], BH2=_pad(m["h2"]), BH3=_pad(m["h3"]),
+        DOT_PREC=_dot_precision(u.dtype),
+    )
+    return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(u.dtype), p_out
+
+
+def _groups(n_outer_items: int, n_inner: int, target: int, groups) -> int:
+    """Split the inner loop into groups so that outer*groups ~ target programs (memory: groups x dU/dV)."""
+    if groups is None:
+        groups = min(n_inner, max(1, math.ceil(target / max(1, n_outer_items))), 8)
+    return max(1, min(int(groups), n_inner))
+
+
+def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None):
+    m = _meta(u, v, w2, w3)
+    n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
+    dev, f32 = u.device, torch.float32
+    target = 2 * _sm_count(dev)
+    gs = grad_scores.contiguous()
+    common = dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(h2), BH3=_pad(h3), DOT_PREC=_dot_precision(u.dtype))
+
+    # Pass 1 (OWN_U): dU, dcos and all weight/bias grads of layers 2..4.
+    gu = _groups(n_q * m["n_ib"], n_s, target, groups_u)
+    per_u = math.ceil(n_s / gu)
+    gu = math.ceil(n_s / per_u)
+    items_u = n_q * m["n_ib"] * gu
+    nprog_u = max(1, min(items_u, nprog if nprog is not None else target))
+    dcos = _new_output(cos.shape, cos.dtype, dev)
+    du_part = torch.zeros(gu, n_q, tq, h1, dtype=f32, device=dev)
+    dw2_p = torch.zeros(nprog_u, h2, h1, dtype=f32, device=dev)
+    db2_p = torch.zeros(nprog_u, h2, dtype=f32, device=dev)
+    dw3_p = torch.zeros(nprog_u, h3, h2, dtype=f32, device=dev)
+    db3_p = torch.zeros(nprog_u, h3, dtype=f32, device=dev)
+    dw4_p = torch.zeros(nprog_u, h3, dtype=f32, device=dev)
+    db4_p = torch.zeros(nprog_u, dtype=f32, device=dev)
+    dummy = torch.zeros(1, dtype=f32, device=dev)
+    _tap_bwd_kernel[(nprog_u,)](
+        u, v, cos, gs, w2, b2, w3, b3, w4, b4,
+        dcos, du_part, dummy, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p,
+        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_u, items_u, nprog_u,
+        OWN_U=True, **common,
+    )
+    # Pass 2 (OWN_V): dV only.
+    gv = _groups(n_s * m["n_jb"], n_q, target, groups_v)
+    per_v = math.ceil(n_q / gv)
+    gv = math.ceil(n_q / per_v)
+    items_v = n_s * m["n_jb"] * gv
+    dv_part = torch.zeros(gv, n_s, ts, h1, dtype=f32, device=dev)
+    _tap_bwd_kernel[(items_v,)](
+        u, v, cos, gs, w2, b2, w3, b3, w4, b4,
+        dummy, dummy, dv_part, dummy, dummy, dummy, dummy, dummy, dummy,
+        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_v, items_v, items_v,
+        OWN_U=False, **common,
+    )
+    return (
+        du_part.sum(0).to(u.dtype), dv_part.sum(0).to(v.dtype), dcos,
+        dw2_p.sum(0).to(w2.dtype), db2_p.sum(0).to(b2.dtype),
+        dw3_p.sum(0).to(w3.dtype), db3_p.sum(0).to(b3.dtype),
+        dw4_p.sum(0).reshape(w4.shape).to(w4.dtype), db4_p.sum(0).reshape(b4.shape).to(b4.dtype),
+    )
+
+
+# ------------------------------------------------------------------------------------------ torch ops
+# Registered as custom ops so torch.compile treats the fused kernels as one opaque node (no graph
+# break, no tracing into Triton) and autograd goes through register_autograd.
+
+
+@torch.library.custom_op("tap_fast::tap_pairs_fwd", mutates_args=())
+def _tap_pairs_fwd(u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                   w3: torch.Tensor, b3: torch.Tensor, w4: torch.Tensor, b4: torch.Tensor,
+                   store_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p)
+
+
+@_tap_pairs_fwd.register_fake
+def _(u, v, cos, w2, b2, w3, b3, w4, b4, store_p):
+    p_shape = (u.shape[0], v.shape[0], u.shape[1], v.shape[1]) if store_p else (1,)
+    return u.new_empty(u.shape[0], v.shape[0]), u.new_empty(p_shape)
+
+
+@torch.library.custom_op("tap_fast::tap_pairs_bwd", mutates_args=())
+def _tap_pairs_bwd(grad_scores: torch.Tensor, u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+                   w2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor, w4: torch.Tensor,
+                   b4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4)
+
+
+@_tap_pairs_bwd.register_fake
+def _(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4):
+    return tuple(t.new_empty(t.shape) for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:9])
+
+
+def _backward_rule(ctx, grad_scores, grad_p):
+    # grad_p is ignored: P is an inspection output (tap_alignment runs without autograd).
+    grads = torch.ops.tap_fast.tap_pairs_bwd(grad_scores, *ctx.saved_tensors)
+    return (*grads, None)
+
+
+_tap_pairs_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+def _prepare(u, v, cos, weights, biases):
+    if len(weights) != 3:
+        raise ValueError(f"the fused kernels take layers 2..4 (3 matrices), got {len(weights)}")
+    return [t.contiguous() for t in (u, v, cos, weights[0], biases[0], weights[1], biases[1], weights[2], biases[2])]
+
+
+def tap_pairs_triton(u, v, cos, weights, biases) -> torch.Tensor:
+    """Scores [Q, S] from U, V (b1 included), cos and layers 2..4 (weights/biases lists of 3)."""
+    scores, _ = torch.ops.tap_fast.tap_pairs_fwd(*_prepare(u, v, cos, weights, biases), False)
+    return scores
+
+
+def tap_p_triton(u, v, cos, weights, biases) -> torch.Tensor:
+    """P [Q, S, Tq, Ts] from the fused forward (hidden activations never stored)."""
+    _, p = torch.ops.tap_fast.tap_pairs_fwd(*_prepare(u, v, cos, weights, biases), True)
+    return p
