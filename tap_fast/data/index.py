@@ -126,6 +126,7 @@ class DatasetIndex:
         try:
             with os.fdopen(fd, "w") as f:
                 f.write("\n".join(lines) + ("\n" if lines else ""))
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; an index is meant to be shared
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -1,0 +1,430 @@
+"""Real dataset layouts -> a validated DatasetIndex, scanned once and cached next to the data.
+
+Two on-disk layouts, as the few-shot community shares them:
+
+* ``video-folders``: ``root/<class>/<video>.<ext>`` (mp4, webm, avi, mkv, ...).
+* ``frame-folders``: ``root/<class>/<video>/<frame>.jpg`` (frames extracted once, the usual way
+  Kinetics-100 and Something-Something v2 are shared for TRX/OTAM-style work). Frames are taken
+  in sorted file-name order (img_00001.jpg, ...).
+
+Which class goes to which split comes from split lists in ``split_dir`` (files whose names start
+with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``testlist03.txt`` or
+``train.txt``), each line one of:
+
+* ``class/video`` (CMN / TRX lists; an extension on ``video`` is optional),
+* ``path [num_frames] label`` (OTAM/TSM-style annotation lines, whitespace separated; ``path`` is
+  ``class/video`` or a bare video id, whose class is then ``label``),
+* ``class`` alone (a list of class names; every video of the class is in that split).
+
+Without split lists the classes are split 64/12/24 (the CMN / OTAM proportion) by a fixed seed.
+
+Probing a file (frame count, decodability) is the slow part, so the results are cached per file
+(keyed by size and mtime) in ``root/.tap_fast_index.json``, written atomically; a read-only root
+falls back to ``cache_dir``. Problems (missing, unreadable, empty, truncated, too short) are
+reported by name; ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .index import SPLITS, DatasetIndex, VideoRecord
+
+FORMATS = ("video-folders", "frame-folders")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+POLICIES = ("fail", "skip")
+CACHE_NAME = ".tap_fast_index.json"
+CACHE_VERSION = 1
+CLASS_SPLIT = (64, 12, 24)  # train / val / test classes of Kinetics-100 and SSv2 few-shot splits
+
+# Class counts the public splits have, checked (as a warning) when a preset names its dataset.
+PRESET_CLASS_COUNTS = {
+    "kinetics100": (64, 12, 24),
+    "ssv2-small": (64, 12, 24),
+    "ssv2-full": (64, 12, 24),
+    "ucf101": (70, 10, 21),
+    "hmdb51": (31, 10, 10),
+}
+
+_ANNOTATION_LINE = re.compile(r"^(?P<path>\S+)\s+(?:(?P<frames>\d+)\s+)?(?P<label>\d+)$")
+
+
+class BadVideoError(ValueError):
+    """Videos of a dataset that cannot be used; .problems lists (path, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str]], hint: str = ""):
+        self.problems = list(problems)
+        shown = "\n".join(f"  {p}: {why}" for p, why in self.problems[:20])
+        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+        super().__init__(f"{len(self.problems)} unusable video(s):\n{shown}{more}{hint}")
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))
+
+
+class SplitListError(ValueError):
+    """A split list is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One video of the dataset as the layout or a split list names it."""
+
+    rel: str  # path relative to the root (a file or a frame folder)
+    class_name: str
+    split: str | None = None  # from a split list; None until assigned
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: which videos exist
+# ---------------------------------------------------------------------------------------------
+def _is_frame(name: str) -> bool:
+    return name.lower().endswith(FRAME_EXTENSIONS)
+
+
+def _is_video(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def detect_format(root: str | os.PathLike) -> str:
+    """"video-folders" or "frame-folders", from the first class folder that has content."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for entry in sorted(class_dir.iterdir()):
+            if entry.is_file() and _is_video(entry.name):
+                return "video-folders"
+            if entry.is_dir() and any(_is_frame(n) for n in os.listdir(entry)):
+                return "frame-folders"
+    raise ValueError(f"{root}: found neither root/<class>/<video>.<ext> ({', '.join(VIDEO_EXTENSIONS)}) "
+                     f"nor root/<class>/<video>/<frame>.jpg; is --data-root the dataset's top folder?")
+
+
+def scan_layout(root: str | os.PathLike, fmt: str) -> list[Item]:
+    """Every video under root/<class>/ in the given layout, sorted by class then name."""
+    if fmt not in FORMATS:
+        raise ValueError(f"dataset format {fmt!r} is not one of {FORMATS}")
+    root = Path(root)
+    items = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for entry in sorted(class_dir.iterdir(), key=lambda p: p.name):
+            if fmt == "video-folders" and entry.is_file() and _is_video(entry.name):
+                items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
+            elif fmt == "frame-folders" and entry.is_dir():
+                items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Split lists
+# ---------------------------------------------------------------------------------------------
+def find_split_files(split_dir: str | os.PathLike) -> dict[str, Path]:
+    """{split: file} for the files in split_dir whose names start with train / val / test."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise SplitListError(f"split directory not found: {split_dir}")
+    found: dict[str, list[Path]] = {s: [] for s in SPLITS}
+    for p in sorted(split_dir.iterdir()):
+        if p.is_file() and p.suffix.lower() in (".txt", ".list", ".csv", ""):
+            for s in SPLITS:
+                if p.name.lower().startswith(s):
+                    found[s].append(p)
+    for s, files in found.items():
+        if len(files) > 1:
+            raise SplitListError(f"{split_dir}: several {s} lists ({', '.join(f.name for f in files)}); "
+                                 "keep one per split")
+    missing = [s for s, files in found.items() if not files]
+    if missing:
+        raise SplitListError(f"{split_dir}: no split list for {', '.join(missing)} "
+                             "(expected files named e.g. trainlist01.txt / vallist01.txt / testlist01.txt)")
+    return {s: files[0] for s, files in found.items()}
+
+
+def parse_split_line(line: str) -> tuple[str, str | None]:
+    """One split-list line -> (class, video or None for a class-name line). See the module doc."""
+    line = line.strip()
+    m = _ANNOTATION_LINE.match(line)
+    if m:
+        path = m.group("path").strip("/")
+        if "/" in path:
+            cls, video = path.rsplit("/", 1)
+            return cls.rsplit("/", 1)[-1], video
+        return m.group("label"), path
+    if "/" in line:
+        cls, video = line.rstrip("/").rsplit("/", 1)
+        return cls.rsplit("/", 1)[-1], video
+    return line, None
+
+
+def read_split_lists(split_dir: str | os.PathLike) -> dict[str, list[tuple[str, str | None]]]:
+    """{split: [(class, video-or-None), ...]} from the split lists in split_dir."""
+    out = {}
+    for split, path in find_split_files(split_dir).items():
+        entries = []
+        for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+            if not raw.strip() or raw.lstrip().startswith("#"):
+                continue
+            cls, video = parse_split_line(raw)
+            if not cls:
+                raise SplitListError(f"{path}:{lineno}: empty class name in {raw!r}")
+            entries.append((cls, video))
+        if not entries:
+            raise SplitListError(f"{path}: the {split} list is empty")
+        out[split] = entries
+    return out
+
+
+def default_class_split(classes: list[str], seed: int = 0, ratios=CLASS_SPLIT) -> dict[str, str]:
+    """Classes shuffled by a fixed seed and cut in the 64/12/24 proportion (>= 1 class each)."""
+    classes = sorted(set(classes))
+    if len(classes) < 3:
+        raise ValueError(f"a train/val/test class split needs at least 3 classes, found {len(classes)}")
+    order = [classes[i] for i in np.random.default_rng(seed).permutation(len(classes))]
+    total = sum(ratios)
+    n_val = max(1, round(len(order) * ratios[1] / total))
+    n_test = max(1, round(len(order) * ratios[2] / total))
+    n_train = len(order) - n_val - n_test
+    if n_train < 1:
+        n_train, n_test = 1, len(order) - 1 - n_val
+    split_of = {c: "train" for c in order[:n_train]}
+    split_of.update({c: "val" for c in order[n_train:n_train + n_val]})
+    split_of.update({c: "test" for c in order[n_train + n_val:]})
+    return split_of
+
+
+def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
+                  seed: int = 0) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Items with their split set, plus (path, reason) for split-list entries not on disk.
+
+    With lists, only the listed videos are used; without, every video is, by class split.
+    """
+    if split_dir is None:
+        split_of = default_class_split([it.class_name for it in items], seed)
+        return [Item(it.rel, it.class_name, split_of[it.class_name]) for it in items], []
+    lists = read_split_lists(split_dir)
+    by_class: dict[str, list[Item]] = {}
+    by_video: dict[tuple[str, str], Item] = {}
+    for it in items:
+        by_class.setdefault(it.class_name, []).append(it)
+        name = it.rel.rsplit("/", 1)[-1]
+        by_video[(it.class_name, name)] = it
+        by_video.setdefault((it.class_name, os.path.splitext(name)[0]), it)
+    out, missing, seen = [], [], set()
+    for split, entries in lists.items():
+        for cls, video in entries:
+            found = by_class.get(cls, []) if video is None else [by_video.get((cls, video))]
+            if not found or found == [None]:
+                missing.append((f"{cls}/{video}" if video else f"{cls}/", "listed in the "
+                                f"{split} split list but not found under the root"))
+                continue
+            for it in found:
+                if it.rel not in seen:
+                    seen.add(it.rel)
+                    out.append(Item(it.rel, it.class_name, split))
+    return out, missing
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing: frame counts and the problems that make a video unusable
+# ---------------------------------------------------------------------------------------------
+def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
+    """(frames, codec, problem) of a video file: counts packets (no full decode) and decodes the
+    first frame; a header that declares more frames than are present means a truncated file."""
+    import av
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return 0, None, "empty file (0 bytes)"
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0, None, "no video stream"
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+            declared = stream.frames
+            if not declared and container.duration and stream.average_rate:
+                declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
+        if frames == 0:
+            return 0, codec, "no video frames (empty or truncated file)"
+        with av.open(str(path)) as container:
+            next(container.decode(video=0))
+    except StopIteration:
+        return 0, None, "no frame could be decoded"
+    except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
+        return 0, None, f"unreadable ({type(e).__name__}: {e})"
+    if declared and frames < declared - max(1, declared // 20):
+        return frames, codec, f"truncated (header declares ~{declared} frames, {frames} present)"
+    return frames, codec, None
+
+
+def frame_files(folder: str | os.PathLike) -> list[str]:
+    """The frame images of a frame folder, in sorted name order (img_00001.jpg, ...)."""
+    return sorted(n for n in os.listdir(folder) if _is_frame(n))
+
+
+_IMAGE_MAGIC = {".jpg": b"\xff\xd8", ".jpeg": b"\xff\xd8", ".png": b"\x89P"}
+
+
+def probe_frame_folder(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
+    """(frames, "jpeg", problem) of a frame folder; checks the first and last image's header."""
+    try:
+        names = frame_files(path)
+    except OSError as e:
+        return 0, None, f"unreadable folder ({e})"
+    if not names:
+        return 0, None, "empty frame folder (no .jpg/.png)"
+    for name in {names[0], names[-1]}:
+        p = Path(path) / name
+        with open(p, "rb") as f:
+            head = f.read(2)
+        if head != _IMAGE_MAGIC[p.suffix.lower()]:
+            return 0, None, f"frame {name} is not a valid image (empty or corrupt)"
+    return len(names), "jpeg", None
+
+
+# ---------------------------------------------------------------------------------------------
+# The cached, validated index
+# ---------------------------------------------------------------------------------------------
+def _writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def cache_path(root: Path, cache_dir: str | os.PathLike | None) -> Path:
+    """root/.tap_fast_index.json, or <cache_dir>/<root name>-<hash>.json for a read-only root."""
+    if _writable_dir(root):
+        return root / CACHE_NAME
+    if cache_dir is None:
+        raise PermissionError(f"{root} is read-only and no cache_dir was given for its index")
+    import hashlib
+
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]
+    return Path(cache_dir) / f"index-{root.name}-{digest}.json"
+
+
+def _load_cache(path: Path, fmt: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") == CACHE_VERSION and data.get("format") == fmt:
+            return data["entries"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass  # a missing or stale cache only costs a rescan
+    return {}
+
+
+def _save_cache(path: Path, fmt: str, entries: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": CACHE_VERSION, "format": fmt, "entries": entries}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _signature(path: Path) -> list[int]:
+    st = path.stat()
+    if path.is_dir():  # a frame folder changes when files are added or removed
+        return [len(os.listdir(path)), st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def probe_items(root: Path, fmt: str, items: list[Item], cache_file: Path | None,
+                progress: bool = False) -> dict[str, dict]:
+    """{rel: {"frames", "codec", "problem"}} for every item, probing only what the cache lacks."""
+    cached = _load_cache(cache_file, fmt) if cache_file is not None else {}
+    probe = probe_video if fmt == "video-folders" else probe_frame_folder
+    results, changed = {}, False
+    todo = [it for it in items]
+    from tqdm.auto import tqdm
+
+    for it in tqdm(todo, desc="indexing videos", unit="video", disable=not progress or len(todo) < 50,
+                   file=sys.stderr):
+        path = root / it.rel
+        sig = _signature(path)
+        hit = cached.get(it.rel)
+        if hit is not None and hit.get("sig") == sig:
+            results[it.rel] = hit
+            continue
+        frames, codec, problem = probe(path)
+        results[it.rel] = {"sig": sig, "frames": frames, "codec": codec, "problem": problem}
+        changed = True
+    if cache_file is not None and (changed or set(cached) - set(results)):
+        merged = dict(cached)
+        merged.update(results)
+        _save_cache(cache_file, fmt, merged)
+    return results
+
+
+@dataclass
+class IndexReport:
+    """What building the index found: the index, codecs seen and the videos left out."""
+
+    index: DatasetIndex
+    codecs: set
+    problems: list[tuple[str, str]]
+    cache_file: Path | None
+
+
+def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: str | os.PathLike | None = None,
+                        min_frames: int = 1, policy: str = "fail", cache_dir: str | os.PathLike | None = None,
+                        seed: int = 0, progress: bool = False) -> IndexReport:
+    """Scan, probe (cached), split and validate a dataset root; see the module doc."""
+    if policy not in POLICIES:
+        raise ValueError(f"bad-video policy must be one of {POLICIES}, got {policy!r}")
+    if not isinstance(min_frames, int) or min_frames < 1:
+        raise ValueError(f"min_frames must be an int >= 1, got {min_frames!r}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
+    fmt = detect_format(root) if fmt in ("auto", None) else fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"dataset format {fmt!r} is not one of {FORMATS} (or auto)")
+    items, problems = assign_splits(scan_layout(root, fmt), split_dir, seed)
+    try:
+        cache_file = cache_path(root, cache_dir)
+    except PermissionError:
+        cache_file = None
+    probed = probe_items(root, fmt, items, cache_file, progress)
+    records, codecs = [], set()
+    for it in items:
+        r = probed[it.rel]
+        if r["problem"] is None and r["frames"] < min_frames:
+            problems.append((str(root / it.rel), f"too short ({r['frames']} frames, need >= {min_frames})"))
+        elif r["problem"] is not None:
+            problems.append((str(root / it.rel), r["problem"]))
+        else:
+            records.append(VideoRecord(root / it.rel, it.class_name, it.split, int(r["frames"])))
+            codecs.add(r["codec"])
+    if problems and policy == "fail":
+        raise BadVideoError(problems, hint="\n(fix or remove them, or pass --bad-video-policy skip)")
+    if problems:
+        print(f"tap_fast.data: skipping {len(problems)} unusable video(s), e.g. "
+              f"{problems[0][0]}: {problems[0][1]}", file=sys.stderr, flush=True)
+    if not records:
+        raise ValueError(f"{root}: no usable videos")
+    return IndexReport(DatasetIndex(records), codecs, problems, cache_file)
+
+
+def check_class_counts(index: DatasetIndex, preset: str) -> str | None:
+    """A warning line when a preset's dataset does not have its public split's class counts."""
+    expected = PRESET_CLASS_COUNTS.get(preset)
+    if expected is None:
+        return None
+    found = tuple(len(index.classes(s)) for s in SPLITS)
+    if found != expected:
+        return (f"tap_fast.data: warning: {preset} expects {'/'.join(map(str, expected))} train/val/test classes, "
+                f"this index has {'/'.join(map(str, found))}")
+    return None
