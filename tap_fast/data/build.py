@@ -18,21 +18,23 @@ def load_index(config) -> DatasetIndex:
     raise ValueError(f"unknown dataset format {config.dataset_format!r}")
 
 
-def episode_dataset(config, index: DatasetIndex, split: str, shot: int, train: bool, seed: int):
+def episode_dataset(config, index: DatasetIndex, split: str, shot: int, train: bool, seed: int,
+                    num_episodes: int = 1_000_000):
     from .decode import CachedDecoder
     from .episodes import EpisodeDataset
+    from .transforms import ClipTransform
 
+    transform = ClipTransform(resize=config.resize, crop=config.crop, train=train, flip=config.flip and train)
     return EpisodeDataset(
         index, split, way=config.way, shot=shot, query=config.query, frames=config.frames,
-        train=train, resize=config.resize, crop=config.crop, flip=config.flip and train,
-        decoder=CachedDecoder(), seed=seed,
+        train=train, transform=transform, decoder=CachedDecoder(), seed=seed, num_episodes=num_episodes,
     )
 
 
 def episode_loader(config, index: DatasetIndex, split: str, shot: int, train: bool, seed: int,
                    episodes: range) -> torch.utils.data.DataLoader:
     """Episodes `episodes` of the split, one per batch, decoded in config.workers processes."""
-    dataset = episode_dataset(config, index, split, shot, train, seed)
+    dataset = episode_dataset(config, index, split, shot, train, seed, num_episodes=episodes.stop)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=episodes, num_workers=config.workers,
         persistent_workers=config.workers > 0,
