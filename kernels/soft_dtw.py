@@ -1,6 +1,104 @@
-"""PLACEHOLDER created by the TAP-kernel helper so that `tap_fast.kernels` imports before the
-soft-DTW work lands.  The soft-DTW helper overwrites this whole file."""
+"""soft_dtw: batched soft-DTW (standard and OTAM variants) backed by the compiled
+ops tap_fast::soft_dtw_forward / soft_dtw_backward (csrc/, built as tap_fast._C).
+
+The ops are registered with the dispatcher (CPU and, when built, CUDA kernels); this
+module adds their autograd formula and fake kernels, so autograd, torch.compile and
+torch.library see real ops. Recursions: DESIGN.md, "soft_dtw"; reference:
+soft_dtw_reference.py.
+"""
+import math
+import numbers
+
+import torch
+
+try:  # importing the extension registers torch.ops.tap_fast.*
+    from tap_fast import _C  # noqa: F401
+    _IMPORT_ERROR = None
+except ImportError as exc:  # kept so soft_dtw can explain how to build it
+    _C = None
+    _IMPORT_ERROR = exc
+
+_VARIANTS = ("standard", "otam")
+_BUILD_HINT = ("build it from the repository root with "
+               "`pip install --no-build-isolation -e .` "
+               "(TAP_FAST_BUILD_EXT=cuda to require the CUDA kernels, =cpu for C++ only)")
 
 
-def soft_dtw(cost, gamma, variant="standard"):  # pragma: no cover - placeholder
-    raise NotImplementedError("soft_dtw is not implemented yet (placeholder module)")
+def _grid_shape(n: int, m: int, variant: str):
+    return (n + 1, m + 1) if variant == "standard" else (n, m + 2)
+
+
+if _C is not None:
+    @torch.library.register_fake("tap_fast::soft_dtw_forward")
+    def _forward_fake(cost, gamma, variant):
+        batch, n, m = cost.shape
+        return cost.new_empty(batch), cost.new_empty((batch, *_grid_shape(n, m, variant)))
+
+    @torch.library.register_fake("tap_fast::soft_dtw_backward")
+    def _backward_fake(grad, cost, R, gamma, variant):
+        return torch.empty_like(cost)
+
+    def _setup_context(ctx, inputs, output):
+        cost, gamma, variant = inputs
+        ctx.save_for_backward(cost, output[1])
+        ctx.gamma, ctx.variant = gamma, variant
+
+    def _backward(ctx, grad_values, _grad_R):
+        cost, R = ctx.saved_tensors
+        if grad_values is None:
+            return None, None, None
+        grad = torch.ops.tap_fast.soft_dtw_backward(
+            grad_values.contiguous(), cost, R, ctx.gamma, ctx.variant)
+        return grad, None, None
+
+    torch.library.register_autograd(
+        "tap_fast::soft_dtw_forward", _backward, setup_context=_setup_context)
+
+
+def _has_kernel(device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "tap_fast::soft_dtw_forward", key)
+
+
+def _check(cost, gamma, variant):
+    if not isinstance(cost, torch.Tensor):
+        raise TypeError(f"soft_dtw: cost must be a torch.Tensor, got {type(cost).__name__}")
+    if cost.dim() != 3:
+        raise ValueError(f"soft_dtw: cost must have shape [B, N, M], got {tuple(cost.shape)}")
+    if cost.shape[1] < 1 or cost.shape[2] < 1:
+        raise ValueError(f"soft_dtw: N and M must be >= 1, got shape {tuple(cost.shape)}")
+    if cost.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"soft_dtw: cost must be float32 or float64, got {cost.dtype} "
+                        "(cast with .float())")
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"soft_dtw: gamma must be a real number, got {type(gamma).__name__}")
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"soft_dtw: gamma must be finite and > 0, got {gamma}")
+    if variant not in _VARIANTS:
+        raise ValueError(f"soft_dtw: variant must be one of {_VARIANTS}, got {variant!r}")
+    # One pass over the costs (a host sync on GPU); skipped while torch.compile traces.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(cost).all()):
+        raise ValueError("soft_dtw: cost contains NaN or inf")
+
+
+def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> torch.Tensor:
+    """Soft-DTW value of each cost matrix: cost [B, N, M] -> [B] (cost's dtype).
+
+    variant "standard": R00 = 0, R_i0 = R_0j = +inf,
+        R_ij = cost_ij + softmin_gamma(R_i-1,j-1, R_i-1,j, R_i,j-1), result R_NM.
+    variant "otam" (Cao et al. 2020): a zero column padded on both sides of M, row 0 a
+        cumulative sum, middle columns diagonal + horizontal steps only; see DESIGN.md.
+    softmin_gamma(a...) = -gamma log sum exp(-a / gamma). Differentiable in cost (first
+    order); float32 or float64; CPU, and CUDA when the extension was built with it.
+    """
+    _check(cost, gamma, variant)
+    if _C is None:
+        raise RuntimeError(f"soft_dtw needs the compiled extension tap_fast._C, which failed "
+                           f"to import ({_IMPORT_ERROR}); {_BUILD_HINT}")
+    if not torch.compiler.is_compiling() and not _has_kernel(cost.device.type):
+        raise RuntimeError(f"soft_dtw: tap_fast._C has no kernel for device '{cost.device.type}'"
+                           + ("; it was built without CUDA: " + _BUILD_HINT
+                              if cost.device.type == "cuda" else ""))
+    values, _ = torch.ops.tap_fast.soft_dtw_forward(cost, float(gamma), variant)
+    return values

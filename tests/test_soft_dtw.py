@@ -1,0 +1,173 @@
+"""tap_fast.kernels.soft_dtw (compiled ops) against the float64 reference."""
+import math
+
+import pytest
+import torch
+
+from tap_fast.kernels import soft_dtw
+from tap_fast.kernels.soft_dtw_reference import (
+    otam_cum_dist_loop, soft_dtw_reference)
+
+VARIANTS = ("standard", "otam")
+GAMMAS = (0.01, 0.1, 1.0)
+SHAPES = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 5), (5, 1), (3, 7), (8, 5), (13, 13))
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
+
+
+def softmin(values, gamma):
+    return -gamma * math.log(sum(math.exp(-v / gamma) for v in values))
+
+
+def hand_standard(c, g):
+    """Textbook 2-loop recursion, scalar Python, for hand-checkable cases."""
+    n, m = len(c), len(c[0])
+    R = [[math.inf] * (m + 1) for _ in range(n + 1)]
+    R[0][0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i][j] = c[i - 1][j - 1] + softmin([R[i - 1][j - 1], R[i - 1][j], R[i][j - 1]], g)
+    return R[n][m]
+
+
+def test_hand_checked_small_cases():
+    g = 1.0
+    # 1x1: no choice, the one cost.
+    assert soft_dtw(torch.tensor([[[0.7]]], dtype=torch.float64), g).item() == pytest.approx(0.7)
+    # 1x2 standard: a path along the row: c00 + c01 (the other preds are +inf).
+    c = torch.tensor([[[0.5, 1.25]]], dtype=torch.float64)
+    assert soft_dtw(c, g).item() == pytest.approx(1.75, abs=1e-12)
+    # 2x2 standard: R11 = c00, R12 = R11 + c01, R21 = R11 + c10,
+    # R22 = c11 + softmin(R11, R12, R21).
+    c = [[0.1, 0.4], [0.3, 0.2]]
+    r22 = 0.2 + softmin([0.1, 0.5, 0.4], g)
+    assert r22 == pytest.approx(hand_standard(c, g))
+    out = soft_dtw(torch.tensor([c], dtype=torch.float64), g)
+    assert out.item() == pytest.approx(r22, abs=1e-12)
+    # otam 1xM: row 0 is a plain cumulative sum of the row (pads are 0).
+    c = torch.tensor([[[0.5, 1.25, 0.25]]], dtype=torch.float64)
+    assert soft_dtw(c, g, "otam").item() == pytest.approx(2.0, abs=1e-12)
+    # otam 2x2, by hand from DESIGN.md (padded width 4, columns 0..3):
+    # row 0: [0, .1, .5, .5]; row 1: col1 = .3 + sm(0, .1, 0), col2 = .2 + sm(.1, col1),
+    # col3 = 0 + sm(.5, .5, col2).
+    d = [[0.1, 0.4], [0.3, 0.2]]
+    col1 = 0.3 + softmin([0.0, 0.1, 0.0], g)
+    col2 = 0.2 + softmin([0.1, col1], g)
+    col3 = softmin([0.5, 0.5, col2], g)
+    out = soft_dtw(torch.tensor([d], dtype=torch.float64), g, "otam")
+    assert out.item() == pytest.approx(col3, abs=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hard_limit_is_dtw(variant):
+    """As gamma -> 0 soft-DTW tends to the min-cost path: check a case with one
+    clearly cheapest path."""
+    c = torch.ones(1, 4, 4, dtype=torch.float64)
+    c[0, range(4), range(4)] = 0.0
+    out = soft_dtw(c, 0.01, variant).item()
+    assert abs(out) < 0.05
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("gamma", GAMMAS)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_forward_and_grad_match_reference(variant, gamma, dtype):
+    gen = torch.Generator().manual_seed(hash((variant, gamma, str(dtype))) % 2**31)
+    for n, m in SHAPES:
+        batch = 19  # not a multiple of the CPU tile width (8 / 16 lanes)
+        cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2  # 1 - cos range
+        ref_in = cost.clone().requires_grad_()
+        ref = soft_dtw_reference(ref_in, gamma, variant)
+        weights = torch.rand(batch, generator=gen, dtype=torch.float64)
+        (ref * weights).sum().backward()
+
+        x = cost.to(dtype).requires_grad_()
+        out = soft_dtw(x, gamma, variant)
+        (out * weights.to(dtype)).sum().backward()
+        assert out.dtype == dtype and out.shape == (batch,)
+        torch.testing.assert_close(out.double(), ref.detach(), **TOL[dtype])
+        torch.testing.assert_close(x.grad.double(), ref_in.grad, **TOL[dtype])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_gradcheck_float64(variant, gamma):
+    gen = torch.Generator().manual_seed(7)
+    for n, m in ((1, 1), (1, 3), (2, 2), (4, 3)):
+        cost = (torch.rand(3, n, m, generator=gen, dtype=torch.float64) * 2).requires_grad_()
+        assert torch.autograd.gradcheck(lambda c: soft_dtw(c, gamma, variant), (cost,),
+                                        eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_large_costs_and_small_gamma_stay_finite(variant, dtype):
+    """Costs in [0, 2] with gamma 0.01 over long sequences, and huge costs: R reaches
+    thousands of gamma units; no overflow, no NaN/inf in the gradient."""
+    gen = torch.Generator().manual_seed(3)
+    for cost in (torch.rand(5, 96, 80, generator=gen) * 2,
+                 torch.rand(5, 16, 12, generator=gen) * 1e4):
+        x = cost.to(dtype).requires_grad_()
+        out = soft_dtw(x, 0.01, variant)
+        out.sum().backward()
+        assert torch.isfinite(out).all()
+        assert torch.isfinite(x.grad).all()
+        # dR/dcost is an expected alignment: each entry in [0, 1].
+        assert x.grad.min() >= 0 and x.grad.max() <= 1 + 1e-5
+
+
+def test_large_costs_match_reference():
+    cost = torch.rand(4, 10, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cost = cost * 1e5
+    for variant in VARIANTS:
+        ref = soft_dtw_reference(cost, 0.01, variant)
+        torch.testing.assert_close(soft_dtw(cost, 0.01, variant), ref, rtol=1e-12, atol=1e-8)
+
+
+def test_otam_reference_matches_public_repo_loop():
+    """Our OTAM reference equals the public repositories' loop (when its unstabilised
+    exp does not underflow: gamma 1, small costs)."""
+    gen = torch.Generator().manual_seed(11)
+    d = torch.rand(2, 3, 5, 4, generator=gen, dtype=torch.float64)
+    loop = otam_cum_dist_loop(d, lbda=1.0)
+    ours = soft_dtw(d.reshape(6, 5, 4), 1.0, "otam").reshape(2, 3)
+    torch.testing.assert_close(ours, loop, rtol=1e-12, atol=1e-12)
+
+
+def test_noncontiguous_and_empty_batch():
+    cost = torch.rand(4, 6, 5, dtype=torch.float64)
+    t = cost.transpose(1, 2)  # [4, 5, 6], not contiguous
+    torch.testing.assert_close(soft_dtw(t, 0.1), soft_dtw(t.contiguous(), 0.1))
+    assert soft_dtw(torch.zeros(0, 3, 3), 0.1).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "cost, gamma, variant, error, match",
+    [
+        (torch.rand(3, 3), 0.1, "standard", ValueError, r"\[B, N, M\]"),
+        (torch.rand(2, 3, 3, 1), 0.1, "standard", ValueError, r"\[B, N, M\]"),
+        (torch.rand(2, 0, 3), 0.1, "standard", ValueError, ">= 1"),
+        (torch.full((2, 3, 3), float("nan")), 0.1, "standard", ValueError, "NaN"),
+        (torch.tensor([[[0.0, float("inf")]]]), 0.1, "otam", ValueError, "NaN or inf"),
+        (torch.rand(2, 3, 3), 0.0, "standard", ValueError, "gamma"),
+        (torch.rand(2, 3, 3), -1.0, "standard", ValueError, "gamma"),
+        (torch.rand(2, 3, 3), float("nan"), "standard", ValueError, "gamma"),
+        (torch.rand(2, 3, 3), 0.1, "tam", ValueError, "variant"),
+        (torch.rand(2, 3, 3).half(), 0.1, "standard", TypeError, "float32 or float64"),
+        (torch.ones(2, 3, 3, dtype=torch.int64), 0.1, "standard", TypeError, "float32"),
+        ([[[0.1]]], 0.1, "standard", TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input(cost, gamma, variant, error, match):
+    with pytest.raises(error, match=match):
+        soft_dtw(cost, gamma, variant)
+
+
+def test_ops_are_registered_and_compile():
+    """Real dispatcher ops: schema visible, opcheck passes (fake kernel, autograd
+    registration), and torch.compile traces through without a graph break."""
+    cost = torch.rand(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    for variant in VARIANTS:
+        torch.library.opcheck(torch.ops.tap_fast.soft_dtw_forward.default, (cost, 0.1, variant))
+    compiled = torch.compile(lambda c: soft_dtw(c, 0.1, "otam"), backend="aot_eager",
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(cost), soft_dtw(cost, 0.1, "otam"))
