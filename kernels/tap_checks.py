@@ -13,6 +13,10 @@ __all__ = ["validate_tap_inputs"]
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
     # isfinite on the whole tensor is one cheap pass; NaN/inf here would silently poison every score.
+    # It is data-dependent (a host sync on GPU), so it is skipped while torch.compile traces: a
+    # compiled graph cannot branch on tensor values.
+    if torch.compiler.is_compiling():
+        return
     if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf values")
 

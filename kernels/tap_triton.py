@@ -284,6 +284,8 @@ def _meta(u, v, w2, w3):
 
 
 def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
+    # The kernels index raw row-major memory: make every operand contiguous (no-op when it already is).
+    u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
     m = _meta(u, v, w2, w3)
     n_tiles = m["n_ib"] * m["n_jb"]
     partial = _new_output((m["n_q"] * m["n_s"], n_tiles), torch.float32, u.device)
@@ -305,6 +307,9 @@ def _groups(n_outer_items: int, n_inner: int, target: int, groups) -> int:
 
 
 def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None):
+    """All gradients of scores w.r.t. (u, v, cos, w2, b2, w3, b3, w4, b4).  groups_u/groups_v/nprog
+    override the work split (tests use them to cover every split; the result must not change)."""
+    u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
     m = _meta(u, v, w2, w3)
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev, f32 = u.device, torch.float32
@@ -400,7 +405,7 @@ _tap_pairs_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
 def _prepare(u, v, cos, weights, biases):
     if len(weights) != 3:
         raise ValueError(f"the fused kernels take layers 2..4 (3 matrices), got {len(weights)}")
-    return [t.contiguous() for t in (u, v, cos, weights[0], biases[0], weights[1], biases[1], weights[2], biases[2])]
+    return [u, v, cos, weights[0], biases[0], weights[1], biases[1], weights[2], biases[2]]
 
 
 def tap_pairs_triton(u, v, cos, weights, biases) -> torch.Tensor:

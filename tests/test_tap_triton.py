@@ -1,0 +1,120 @@
+"""Fused Triton TAP kernels vs the float64 reference: forward, every gradient, write coverage.
+
+On a CPU-only machine tests/conftest.py sets TRITON_INTERPRET=1, so the same kernels run in the
+Triton interpreter on CPU tensors (tiny shapes: programs run one by one).  With CUDA they run compiled.
+"""
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from tap_fast.kernels import tap_alignment, tap_scores  # noqa: E402
+from tap_fast.kernels import tap_triton  # noqa: E402
+from tap_fast.kernels.tap_reference import tap_alignment_reference, tap_scores_reference  # noqa: E402
+from tap_fast.kernels.tap_testing import lowp_tolerance, make_tap_inputs, rel_err  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+# fp32 error bound: tensor cores in tf32 mode round operands to 10 mantissa bits.
+FP32_TOL = 3e-3 if DEVICE == "cuda" and torch.backends.cuda.matmul.allow_tf32 else 1e-3
+DTYPES = [(torch.float32, FP32_TOL), (torch.float16, 2e-2)]
+if DEVICE == "cuda":
+    DTYPES.append((torch.bfloat16, 2e-2))
+
+SHAPES = [  # (Q, S, Tq, Ts, D, (H1, H2, H3)): odd T, Tq != Ts, widths not multiples of the blocks
+    (2, 3, 5, 7, 12, (20, 10, 6)),
+    (1, 1, 1, 1, 3, (5, 3, 2)),
+    (3, 2, 3, 6, 7, (33, 17, 16)),
+    (1, 2, 9, 2, 4, (16, 40, 1)),
+]
+
+
+def _run_all(dtype, shape, seed):
+    """(grads of ours, grads of eager same-dtype reference, grads of float64 reference) + the 3 outputs."""
+    x, y, ws, bs = make_tap_inputs(*shape[:5], shape[5], dtype=dtype, device=DEVICE, seed=seed, requires_grad=True)
+    params = [x, y, *ws, *bs]
+    exact = [t.detach().double().requires_grad_() for t in params]
+    cot = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    outs, grads = [], []
+    for fn, ps in (
+        (lambda p: tap_scores(p[0], p[1], p[2:6], p[6:], backend="triton"), params),
+        (lambda p: tap_scores_reference(p[0], p[1], p[2:6], p[6:]), params),
+        (lambda p: tap_scores_reference(p[0], p[1], p[2:6], p[6:]), exact),
+    ):
+        out = fn(ps)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, ps, cot.to(out.dtype).to(out.device)))
+    return outs, grads
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])) + "-" + "_".join(map(str, s[5])))
+def test_fused_forward_and_all_grads_match_float64(dtype, tol, shape):
+    (got, eager, want), (g_got, g_eager, g_want) = _run_all(dtype, shape, seed=sum(shape[:5]))
+    assert got.dtype == dtype and got.shape == want.shape
+    assert rel_err(got, want) <= lowp_tolerance(eager, want, tol) if dtype != torch.float32 else rel_err(got, want) <= tol
+    names = ["x", "y", "W1", "W2", "W3", "W4", "b1", "b2", "b3", "b4"]
+    for name, g, e, w in zip(names, g_got, g_eager, g_want):
+        assert torch.isfinite(g).all(), name
+        bound = tol if dtype == torch.float32 else lowp_tolerance(e, w, tol)
+        assert rel_err(g, w) <= bound, f"grad {name}: {rel_err(g, w):.2e} > {bound:.2e}"
+
+
+@pytest.mark.parametrize("groups_u,groups_v,nprog", [(1, 1, 1), (2, 3, 2), (3, 2, 5), (None, None, None)])
+def test_backward_work_split_is_exact(groups_u, groups_v, nprog):
+    """Every split of the backward (s-groups, q-groups, persistent programs) gives the same gradients."""
+    q, s, tq, ts, h1 = 3, 3, 4, 5, 18
+    x, y, ws, bs = make_tap_inputs(q, s, tq, ts, 6, (h1, 12, 7), dtype=torch.float64, device="cpu", seed=5)
+    from tap_fast.kernels.tap import _prelude
+
+    u, v, cos = (t.float().to(DEVICE) for t in _prelude(x, y, ws, bs))
+    layers = [t.float().to(DEVICE) for t in (ws[1], bs[1], ws[2], bs[2], ws[3], bs[3])]
+    gs = torch.randn(q, s, device=DEVICE)
+    got = tap_triton._backward(gs, u, v, cos, *layers, groups_u=groups_u, groups_v=groups_v, nprog=nprog)
+    ref_in = [t.double().cpu().requires_grad_() for t in (u, v, cos, *layers)]
+    from tap_fast.kernels.tap_torch import tap_pairs_torch
+
+    out = tap_pairs_torch(ref_in[0], ref_in[1], ref_in[2], ref_in[3::2], ref_in[4::2])
+    want = torch.autograd.grad(out, ref_in, gs.double().cpu())
+    for g, w in zip(got, want):
+        assert rel_err(g, w) <= 1e-3
+
+
+def test_every_output_element_is_written(monkeypatch):
+    """Write-only outputs start as NaN: a skipped element would surface as NaN."""
+    monkeypatch.setattr(tap_triton, "_new_output", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    x, y, ws, bs = make_tap_inputs(2, 3, 7, 5, 5, (19, 9, 5), device=DEVICE, seed=3, requires_grad=True)
+    scores = tap_scores(x, y, ws, bs, backend="triton")
+    grads = torch.autograd.grad(scores.sum(), [x, y, *ws, *bs])
+    p, _ = tap_alignment(x, y, ws, bs, backend="triton")
+    for t in (scores, p, *grads):
+        assert not torch.isnan(t).any()
+
+
+def test_fused_alignment_matches_reference():
+    x, y, ws, bs = make_tap_inputs(2, 2, 5, 3, 6, (21, 11, 3), device=DEVICE, seed=8)
+    p, cos = tap_alignment(x, y, ws, bs, backend="triton")
+    p_ref, cos_ref = tap_alignment_reference(*[t.double() for t in (x, y)], [w.double() for w in ws], [b.double() for b in bs])
+    assert rel_err(p, p_ref) <= FP32_TOL and rel_err(cos, cos_ref) <= 1e-6
+
+
+def test_fused_op_under_torch_compile():
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 5, (17, 9, 4), device=DEVICE, seed=6, requires_grad=True)
+    fn = torch.compile(lambda *a: tap_scores(a[0], a[1], list(a[2:6]), list(a[6:]), backend="triton"), backend="eager", fullgraph=True)
+    got = fn(x, y, *ws, *bs)
+    want = tap_scores(x, y, ws, bs, backend="triton")
+    assert rel_err(got, want) <= 1e-6
+    g1 = torch.autograd.grad(got.sum(), [y, ws[1]])
+    g2 = torch.autograd.grad(want.sum(), [y, ws[1]])
+    assert max(rel_err(a, b) for a, b in zip(g1, g2)) <= 1e-6
+
+
+def test_unsupported_depth_falls_back_or_errors():
+    x, y, ws, bs = make_tap_inputs(1, 2, 3, 3, 4, (8, 4), device=DEVICE, seed=1)  # 2 hidden layers
+    with pytest.raises(ValueError, match="3 hidden layers"):
+        tap_scores(x, y, ws, bs, backend="triton")
+    assert tap_scores(x, y, ws, bs).shape == (1, 2)  # auto -> torch path
