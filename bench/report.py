@@ -1,0 +1,109 @@
+"""Markdown table + PNG plot (time vs an x parameter, one panel per benchmark group) from
+pytest-benchmark JSON files.  Generic: used by the TAP and the soft-DTW suites.
+
+    python bench/report.py out.json [more.json ...] --out bench/results/tap_cpu [--x T]
+
+Per row: the time is extra_info["time_ms"] when the suite measured it (CUDA events), else the
+benchmark's mean.  A series is a benchmark's parameters other than --x (e.g. impl=fused, mode=fwd);
+other numeric extra_info fields (tflops, peak_mem_mib, ...) become table columns.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+SKIP_COLUMNS = {"time_ms", "T", "Q", "S", "dense_tflops"}
+
+
+def load_rows(paths, x_param: str) -> tuple[list[dict], dict]:
+    rows, machine = [], {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        machine = machine or data.get("machine_info", {})
+        for b in data.get("benchmarks", []):
+            params = dict(b.get("params") or {})
+            extra = dict(b.get("extra_info") or {})
+            x = params.pop(x_param, extra.get(x_param))
+            time_ms = extra.get("time_ms", b["stats"]["mean"] * 1e3)
+            series = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+            rows.append(dict(group=b.get("group") or "default", series=series or b["name"], x=x,
+                             time_ms=time_ms, extra=extra, name=b["name"]))
+    return rows, machine
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def markdown(rows, x_param: str, title: str) -> str:
+    extra_cols = sorted({k for r in rows for k, v in r["extra"].items()
+                         if k not in SKIP_COLUMNS and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    info = next((r["extra"] for r in rows if r["extra"]), {})
+    lines = [f"# {title}", ""]
+    for key in ("device", "commit", "dtype", "dense_tflops"):
+        if key in info:
+            lines.append(f"- {key}: {_fmt(info[key])}")
+    by_group = defaultdict(list)
+    for r in rows:
+        by_group[r["group"]].append(r)
+    for group in sorted(by_group):
+        lines += ["", f"## {group}", "", "| series | " + x_param + " | time (ms) | " + " | ".join(extra_cols) + " |",
+                  "|---" * (3 + len(extra_cols)) + "|"]
+        for r in sorted(by_group[group], key=lambda r: (r["series"], r["x"] if r["x"] is not None else 0)):
+            cells = [r["series"], _fmt(r["x"]), _fmt(r["time_ms"])] + [_fmt(r["extra"].get(c)) for c in extra_cols]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, x_param: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({r["group"] for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        series = defaultdict(list)
+        for r in rows:
+            if r["group"] == group and r["x"] is not None:
+                series[r["series"]].append((r["x"], r["time_ms"]))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(x_param)
+        ax.set_ylabel("time (ms)")
+        ax.set_title(group)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
+    ap.add_argument("--out", required=True, help="output path prefix: writes <out>.md and <out>.png")
+    ap.add_argument("--x", default="T", help="parameter on the x axis (default: T)")
+    ap.add_argument("--title", default="benchmark results")
+    args = ap.parse_args(argv)
+    rows, _ = load_rows(args.json, args.x)
+    if not rows:
+        raise SystemExit("no benchmarks in the given JSON files")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(markdown(rows, args.x, args.title))
+    plot(rows, args.x, args.title, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""TAP head benchmarks: fused kernels vs the materialising reference (eager and torch.compile).
+
+    pytest bench/test_bench_tap.py --benchmark-only --benchmark-json out.json
+    python bench/report.py out.json --out bench/results/<name>
+
+Rows: T in 4..128 at paper widths (D = 2048, MLP 4096 -> 1024 -> 256 -> 64 -> 1), a 5-way 5-shot
+episode (Q = 5 queries, S = 25 supports) and a large batch (Q = S = 64); forward and forward+backward.
+extra_info per row: time_ms (CUDA events after warm-up on GPU, perf_counter on CPU), peak_mem_mib
+(CUDA only), tflops = useful FLOPs / time (split first layer: 2(Q Tq + S Ts) D H1 + per pair
+2(H1 H2 + H2 H3 + H3 + D); x3 with backward) and pct_of_dense = tflops / the measured bf16 matmul rate.
+On a CPU-only machine only the cheap rows run (5w5s, T <= 8, no torch.compile); the rest are skipped
+with a reason.  "fused" is tap_scores with backend="auto": Triton on CUDA, the chunked torch path on CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench_utils import peak_memory_bytes, time_fn
+from tap_fast.kernels import tap_scores
+from tap_fast.kernels.tap_reference import tap_scores_reference
+from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs
+
+T_VALUES = [4, 8, 16, 32, 64, 128]
+EPISODES = {"5w5s": (5, 25), "large": (64, 64)}
+IMPLS = ["fused", "eager_ref", "compiled_ref"]
+MODES = ["fwd", "fwd_bwd"]
+CPU_MAX_T = 8
+
+_compiled_reference = None
+
+
+def useful_flops(q: int, s: int, t: int, d: int = PAPER_D, hidden=PAPER_HIDDEN, backward: bool = False) -> float:
+    h1, h2, h3 = hidden
+    prelude = 2 * (q + s) * t * d * h1
+    per_pair = 2 * (h1 * h2 + h2 * h3 + h3 + d)
+    fwd = prelude + q * s * t * t * per_pair
+    return 3 * fwd if backward else fwd
+
+
+def _reference_bytes(q, s, t, itemsize, backward):
+    # The reference materialises concat pairs [.., 2D] and every activation; backward keeps them all.
+    per_pair = (2 * PAPER_D + 2 * sum(PAPER_HIDDEN)) * itemsize
+    return q * s * t * t * per_pair * (2 if backward else 1)
+
+
+def _skip_reason(device, impl, episode, t, mode, dtype):
+    q, s = EPISODES[episode]
+    if device.type != "cuda":
+        if episode != "5w5s" or t > CPU_MAX_T:
+            return f"CPU run: only 5w5s with T <= {CPU_MAX_T} (GPU rows need CUDA)"
+        if impl == "compiled_ref":
+            return "CPU run: torch.compile of the reference skipped (compile time dominates on CPU)"
+        return None
+    if impl != "fused":
+        need = _reference_bytes(q, s, t, torch.finfo(dtype).bits // 8, mode == "fwd_bwd")
+        have = torch.cuda.get_device_properties(device).total_memory
+        if need > 0.7 * have:
+            return f"reference would materialise ~{need / 2**30:.0f} GiB (> 70% of {have / 2**30:.0f} GiB)"
+    return None
+
+
+def _impl_fn(impl):
+    global _compiled_reference
+    if impl == "fused":
+        return tap_scores
+    if impl == "eager_ref":
+        return tap_scores_reference
+    if _compiled_reference is None:
+        _compiled_reference = torch.compile(tap_scores_reference, dynamic=False)
+    return _compiled_reference
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("T", T_VALUES)
+@pytest.mark.parametrize("episode", list(EPISODES))
+def test_tap_scores(benchmark, bench_device, bench_device_info, dense_tflops, episode, T, impl, mode):
+    dtype = torch.bfloat16 if bench_device.type == "cuda" else torch.float32
+    reason = _skip_reason(bench_device, impl, episode, T, mode, dtype)
+    if reason:
+        pytest.skip(reason)
+    q, s = EPISODES[episode]
+    backward = mode == "fwd_bwd"
+    x, y, ws, bs = make_tap_inputs(q, s, T, T, PAPER_D, PAPER_HIDDEN, dtype=dtype, device=bench_device,
+                                   seed=T, requires_grad=backward)
+    params = [x, y, *ws, *bs]
+    fn = _impl_fn(impl)
+    cuda = bench_device.type == "cuda"
+
+    def call():
+        out = fn(x, y, ws, bs)
+        if backward:
+            torch.autograd.grad(out.sum(), params)
+        if cuda:
+            torch.cuda.synchronize()  # the benchmarked call includes the GPU work
+
+    benchmark.group = f"tap {episode} {mode}"
+    benchmark.extra_info.update(
+        impl=impl, mode=mode, episode=episode, T=T, Q=q, S=s, dtype=str(dtype).replace("torch.", ""),
+        device=bench_device_info["name"], commit=bench_device_info["commit"], dense_tflops=dense_tflops,
+    )
+    if cuda:
+        ms = time_fn(call, bench_device, warmup=3, iters=10)  # CUDA events; also warms up autotune/compile
+        peak = peak_memory_bytes(call, bench_device)
+        benchmark.pedantic(call, rounds=10, warmup_rounds=2, iterations=1)
+    else:  # CPU: synchronous, so the benchmark's own wall-clock stats are the timing (kept short)
+        peak = None
+        benchmark.pedantic(call, rounds=2, warmup_rounds=1, iterations=1)
+        ms = benchmark.stats.stats.mean * 1e3
+    tflops = useful_flops(q, s, T, backward=backward) / (ms * 1e-3) / 1e12
+    benchmark.extra_info.update(
+        time_ms=ms, tflops=tflops, pct_of_dense=100 * tflops / dense_tflops,
+        peak_mem_mib=None if peak is None else peak / 2**20,
+    )
