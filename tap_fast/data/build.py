@@ -1,41 +1,108 @@
-"""Builds the data pipeline a run asks for: config -> index -> EpisodeDataset -> DataLoader."""
+"""Builds the data pipeline a run asks for: config -> index -> decoder -> episode loader.
+
+    load_index(config)            synthetic set (generated on first use), or a real root in the
+                                  video-folders / frame-folders layout (formats.py), scanned once,
+                                  cached and validated
+    episode_loader(config, ...)   an iterable of episode dicts (see EpisodeDataset): a torch
+                                  DataLoader over EpisodeDataset (pyav / pil decoders), or a
+                                  DaliEpisodeLoader (dali-cpu / dali-gpu), per select_decoder.py
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
 from .index import DatasetIndex
 
+_decoder_choices: dict[tuple, tuple[str, str]] = {}  # (index id, requested) -> (decoder, reason), logged once
+
 
 def load_index(config) -> DatasetIndex:
-    """The dataset index for config.dataset_format (the synthetic set is generated on first use)."""
+    """The dataset index for config.dataset_format (synthetic | auto | video-folders | frame-folders)."""
     if config.dataset_format == "synthetic":
         from .synthetic import ensure_synthetic_dataset
 
         root = ensure_synthetic_dataset(root=config.data_root, seed=0)
         return DatasetIndex.load(Path(root) / "index.jsonl" if Path(root).is_dir() else root)
-    raise ValueError(f"unknown dataset format {config.dataset_format!r}")
+    from .formats import FORMATS, build_dataset_index, check_class_counts
+
+    if config.dataset_format not in FORMATS + ("auto",):
+        raise ValueError(f"unknown dataset format {config.dataset_format!r}; "
+                         f"one of synthetic, auto, {', '.join(FORMATS)}")
+    if not config.data_root:
+        raise ValueError(f"--data-root is required for the {config.preset} preset "
+                         f"(a folder in the {' or '.join(FORMATS)} layout)")
+    split_dir = config.split_dir
+    if split_dir is None and (Path(config.data_root) / "splits").is_dir():
+        split_dir = Path(config.data_root) / "splits"  # lists shipped beside the data
+    report = build_dataset_index(
+        config.data_root, fmt=config.dataset_format, split_dir=split_dir, min_frames=config.frames,
+        policy=getattr(config, "bad_video_policy", "fail"), cache_dir=config.out_dir, progress=True)
+    warning = check_class_counts(report.index, config.preset)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return report.index
 
 
 def episode_dataset(config, index: DatasetIndex, split: str, shot: int, train: bool, seed: int,
-                    num_episodes: int = 1_000_000):
+                    num_episodes: int = 1_000_000, decoder=None):
     from .decode import CachedDecoder
     from .episodes import EpisodeDataset
     from .transforms import ClipTransform
 
+    from .frame_folder_decode import FrameFolderDecoder
+    from .select_decoder import dataset_kind
+
+    if decoder is None:  # a CPU decoder for the layout (plots and tools call this directly)
+        decoder = FrameFolderDecoder() if dataset_kind(index) == "frames" else CachedDecoder()
     transform = ClipTransform(resize=config.resize, crop=config.crop, train=train, flip=config.flip and train)
     return EpisodeDataset(
         index, split, way=config.way, shot=shot, query=config.query, frames=config.frames,
-        train=train, transform=transform, decoder=CachedDecoder(), seed=seed, num_episodes=num_episodes,
+        train=train, transform=transform, decoder=decoder,
+        seed=seed, num_episodes=num_episodes,
     )
 
 
+def pick_decoder(config, index: DatasetIndex) -> str:
+    """The decoder for this index (config.decoder, "auto" resolved), logged the first time."""
+    from .select_decoder import choose_decoder
+
+    requested = getattr(config, "decoder", "auto")
+    key = (id(index), requested)
+    if key not in _decoder_choices:
+        name, reason = choose_decoder(requested, index)
+        print(f"tap_fast.data: decoder {name} ({reason})", file=sys.stderr, flush=True)
+        _decoder_choices[key] = (name, reason)
+    return _decoder_choices[key][0]
+
+
+def _default_shard() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def episode_loader(config, index: DatasetIndex, split: str, shot: int, train: bool, seed: int,
-                   episodes: range) -> torch.utils.data.DataLoader:
-    """Episodes `episodes` of the split, one per batch, decoded in config.workers processes."""
+                   episodes: range, shard_id: int | None = None, num_shards: int | None = None):
+    """Episodes `episodes` of the split, one per batch (every num_shards-th one from shard_id on;
+    by default the torch.distributed rank and world size when a process group is up)."""
+    if shard_id is None or num_shards is None:
+        shard_id, num_shards = _default_shard()
+    decoder = pick_decoder(config, index)
+    if decoder in ("dali-cpu", "dali-gpu"):
+        from .dali_pipeline import DaliEpisodeLoader
+
+        device_id = torch.cuda.current_device() if decoder == "dali-gpu" else 0
+        return DaliEpisodeLoader(
+            index, split, episodes, way=config.way, shot=shot, query=config.query, frames=config.frames,
+            train=train, resize=config.resize, crop=config.crop, flip=config.flip, seed=seed,
+            device="gpu" if decoder == "dali-gpu" else "cpu", num_threads=max(2, config.workers),
+            device_id=device_id, shard_id=shard_id, num_shards=num_shards)
+    # pil: FrameFolderDecoder; pyav: CachedDecoder (PyAV, whole clips kept in memory)
     dataset = episode_dataset(config, index, split, shot, train, seed, num_episodes=episodes.stop)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, sampler=episodes, num_workers=config.workers,
+        dataset, batch_size=None, sampler=episodes[shard_id::num_shards], num_workers=config.workers,
         persistent_workers=config.workers > 0,
     )

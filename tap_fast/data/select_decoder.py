@@ -1,0 +1,78 @@
+"""Which decoder reads a dataset: chosen automatically (and logged), or forced with --decoder.
+
+    dali-gpu  DALI, NVDEC ("mixed") video / nvJPEG image decoding; needs a CUDA GPU
+    dali-cpu  DALI's CPU decoders: videos in VP8, VP9 or MJPEG only (e.g. the synthetic set),
+              or JPEG frame folders
+    pyav      PyAV (FFmpeg) on the CPU, any codec, whole clip decoded and cached in memory
+    pil       PIL, for frame folders on the CPU
+
+auto: dali-gpu when a GPU and DALI are there; otherwise, for videos, dali-cpu when every probed
+video's codec is one DALI's CPU decoder reads, else pyav; for frame folders, pil.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .dali_pipeline import DALI_CPU_VIDEO_CODECS, dali_version
+from .index import SPLITS, DatasetIndex
+
+DECODERS = ("auto", "dali-gpu", "dali-cpu", "pyav", "pil")
+
+
+def dataset_kind(index: DatasetIndex) -> str:
+    """"frames" when the index points at frame folders, "video" when at video files."""
+    first = next(iter(index), None)
+    return "frames" if first is not None and first.path.is_dir() else "video"
+
+
+def probe_codecs(index: DatasetIndex, per_split: int = 3) -> set[str]:
+    """Codec names (FFmpeg's) of the first few videos of each split."""
+    import av
+
+    codecs = set()
+    for split in SPLITS:
+        for r in index.records(split)[:per_split]:
+            try:
+                with av.open(str(r.path)) as c:
+                    codecs.add(c.streams.video[0].codec_context.name)
+            except (av.error.FFmpegError, OSError, IndexError):
+                codecs.add("unreadable")
+    return codecs
+
+
+def choose_decoder(requested: str, index: DatasetIndex, cuda: bool | None = None) -> tuple[str, str]:
+    """(decoder, reason). ValueError when a forced decoder cannot read this dataset here."""
+    if requested not in DECODERS:
+        raise ValueError(f"decoder {requested!r} is not one of {', '.join(DECODERS)}")
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    dali = dali_version()
+    kind = dataset_kind(index)
+    codecs = probe_codecs(index) if kind == "video" else {"jpeg"}
+    dali_cpu_ok = kind == "frames" or codecs <= DALI_CPU_VIDEO_CODECS
+    if requested == "auto":
+        if cuda and dali:
+            return "dali-gpu", f"DALI {dali} on the GPU (NVDEC/nvJPEG)"
+        if kind == "video" and dali and dali_cpu_ok:
+            return "dali-cpu", f"DALI {dali} CPU video decoder, no GPU, codecs {sorted(codecs)}"
+        if kind == "video":
+            why = "DALI not installed" if not dali else f"codecs {sorted(codecs)} need a GPU for DALI"
+            return "pyav", f"PyAV on the CPU ({why})"
+        return "pil", "PIL JPEG decoding on the CPU (no GPU)"
+    if requested in ("dali-gpu", "dali-cpu") and not dali:
+        raise ValueError(f"--decoder {requested} needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
+    if requested == "dali-gpu" and not cuda:
+        raise ValueError("--decoder dali-gpu needs a CUDA GPU; none is visible")
+    if requested == "dali-cpu" and not dali_cpu_ok:
+        raise ValueError(f"--decoder dali-cpu reads only {sorted(DALI_CPU_VIDEO_CODECS)} videos on the CPU; "
+                         f"this dataset has {sorted(codecs)} (use pyav, or dali-gpu on a GPU)")
+    if requested == "pyav" and kind == "frames":
+        raise ValueError("--decoder pyav reads video files; this dataset is frame folders (use pil or dali-*)")
+    if requested == "pil" and kind == "video":
+        raise ValueError("--decoder pil reads frame folders; this dataset is video files (use pyav or dali-*)")
+    return requested, "forced with --decoder"
+
+
+def log_decoder(name: str, reason: str, split: str) -> None:
+    print(f"tap_fast.data: {split} decoder {name} ({reason})", file=sys.stderr, flush=True)
