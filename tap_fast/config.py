@@ -19,8 +19,10 @@ class TrainConfig:
     preset: str = "synthetic"
     # data
     data_root: str | None = None  # synthetic: cache dir (default ~/.cache/tap_fast); others: required
-    dataset_format: str = "synthetic"  # synthetic | video-folders | frame-folders (see tap_fast.data)
-    split_dir: str | None = None  # directory with train/val/test split lists (real datasets)
+    dataset_format: str = "synthetic"  # synthetic | auto | video-folders | frame-folders (tap_fast.data.formats)
+    split_dir: str | None = None  # directory with train/val/test split lists (default: <data_root>/splits if present)
+    decoder: str = "auto"  # auto | dali-gpu | dali-cpu | pyav | pil (tap_fast.data.select_decoder)
+    bad_video_policy: str = "fail"  # fail | skip: unreadable, empty, truncated or too-short videos
     frames: int = 8  # T, sparse TSN segments per video
     resize: int = 64
     crop: int = 56
@@ -81,7 +83,7 @@ class TrainConfig:
 def _paper(**overrides) -> TrainConfig:
     """The TAP paper's settings (Section 5.2) for a real dataset."""
     base = dict(
-        dataset_format="video-folders",
+        dataset_format="auto",  # video files or JPEG frame folders, detected from --data-root
         frames=6,
         resize=256,
         crop=224,

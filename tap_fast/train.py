@@ -40,7 +40,14 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--data-root", help="dataset directory (synthetic: where to cache it)")
     parser.add_argument("--split-dir", help="directory holding train/val/test split lists")
-    parser.add_argument("--dataset-format", help="synthetic | video-folders | frame-folders")
+    parser.add_argument("--dataset-format", help="synthetic | auto | video-folders | frame-folders")
+    parser.add_argument("--decoder", choices=("auto", "dali-gpu", "dali-cpu", "pyav", "pil"),
+                        help="video/frame decoder (default auto: DALI on a GPU, else by codec; logged)")
+    parser.add_argument("--bad-video-policy", choices=("fail", "skip"),
+                        help="unreadable/empty/truncated/too-short videos: stop with their names, or skip them")
+    parser.add_argument("--backbone", help="small | resnet50")
+    parser.add_argument("--resize", type=int, help="short side in pixels before cropping")
+    parser.add_argument("--crop", type=int, help="square crop size in pixels")
     parser.add_argument("--backbone-weights", help="local ImageNet weights file for resnet50")
     parser.add_argument("--val-every", type=int, help="episodes between meta-validations")
     parser.add_argument("--val-episodes", type=int)
