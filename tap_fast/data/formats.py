@@ -408,6 +408,8 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
         else:
             records.append(VideoRecord(root / it.rel, it.class_name, it.split, int(r["frames"])))
             codecs.add(r["codec"])
+    if problems and not records:
+        raise BadVideoError(problems, hint=f"\n{root}: no usable video is left")
     if problems and policy == "fail":
         raise BadVideoError(problems, hint="\n(fix or remove them, or pass --bad-video-policy skip)")
     if problems:
