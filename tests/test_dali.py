@@ -1,0 +1,130 @@
+"""DALI decoding against the CPU reference paths (PyAV for VP9 videos, PIL for JPEG frames).
+
+CPU-only: DALI's CPU video decoder reads VP8/VP9/MJPEG, so the clips are tiny VP9 files made
+here. The GPU ("mixed") tests run only where CUDA is visible.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
+
+from tap_fast.data.dali_pipeline import DaliEpisodeLoader, build_pipeline  # noqa: E402
+from tap_fast.data.decode import decode_video  # noqa: E402
+from tap_fast.data.episodes import EpisodeDataset  # noqa: E402
+from tap_fast.data.formats import build_dataset_index  # noqa: E402
+from tap_fast.data.frame_folder_decode import FrameFolderDecoder  # noqa: E402
+from tap_fast.data.transforms import ClipTransform  # noqa: E402
+from test_data_formats import make_root  # noqa: E402  (tests/ is on sys.path under pytest)
+
+# VP9 -> RGB: DALI and FFmpeg's swscale convert YUV 4:2:0 with different chroma upsampling and
+# rounding, so pixels differ by a few levels (measured: mean ~1, max ~10 on these clips).
+MEAN_TOL, MAX_TOL = 2.5, 40
+
+
+@pytest.fixture(scope="module")
+def video_index(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("dali_v") / "d", "video", classes=6, videos=3, frames=12)
+    return build_dataset_index(root).index
+
+
+@pytest.fixture(scope="module")
+def frame_index(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("dali_f") / "d", "frames", classes=6, videos=3, frames=12)
+    return build_dataset_index(root).index
+
+
+def _run_raw_video(paths, indices):
+    """DALI CPU decode of `indices` of each path, no resize/crop/normalise: uint8 [T, H, W, 3]."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=len(paths), num_threads=2, device_id=None)
+    def pipe():
+        enc, idx = fn.external_source(
+            source=lambda: ([np.fromfile(p, np.uint8) for p in paths], [np.asarray(i, np.int32) for i in indices]),
+            num_outputs=2, batch=True, dtype=[types.UINT8, types.INT32])
+        return fn.decoders.video(enc, frames=idx, device="cpu")
+
+    p = pipe()
+    (out,) = p.run()
+    return [np.asarray(out[i]) for i in range(len(paths))]
+
+
+def test_dali_cpu_video_matches_pyav_for_the_same_indices(video_index):
+    records = video_index.records()[:4]
+    indices = [[0, 5, 11], [11, 3, 3, 7], [2], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+    dali = _run_raw_video([r.path for r in records], indices)
+    for r, idx, got in zip(records, indices, dali):
+        ref = decode_video(r.path)[idx].astype(int)
+        assert got.shape == ref.shape and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - ref)
+        assert diff.mean() < MEAN_TOL and diff.max() <= MAX_TOL, (r.path, diff.mean(), diff.max())
+        # the comparison can fail: other frames of the same clip are far off
+        wrong = np.abs(got.astype(int) - decode_video(r.path)[[(i + 4) % 12 for i in idx]].astype(int))
+        assert wrong.mean() > 3 * MEAN_TOL
+
+
+def test_episode_loader_matches_cpu_episode_dataset_in_test_mode(video_index):
+    """Same episode, same TSN indices, centre crop: DALI CPU vs PyAV + ClipTransform."""
+    kwargs = dict(way=3, shot=1, query=1, frames=4, seed=7)
+    dali = list(DaliEpisodeLoader(video_index, "train", range(2), train=False, resize=None, crop=40, **kwargs))
+    cpu = EpisodeDataset(video_index, "train", train=False, transform=ClipTransform(None, 40, train=False),
+                         **kwargs)
+    assert len(dali) == 2
+    for k, batch in enumerate(dali):
+        ref = cpu[k]
+        assert batch["class_names"] == ref["class_names"] and batch["episode"] == k
+        assert torch.equal(batch["query_labels"], ref["query_labels"])
+        for part in ("support", "query"):
+            assert batch[part].shape == ref[part].shape == (3, 4, 3, 40, 40)
+            diff = (batch[part] - ref[part]).abs()  # normalised units: 1 level = 1 / (255 * 0.225)
+            assert diff.mean() < MEAN_TOL / 255 / 0.225 and diff.max() < MAX_TOL / 255 / 0.224
+
+
+def test_episode_loader_training_is_deterministic_and_shards(video_index):
+    kwargs = dict(way=2, shot=1, query=1, frames=3, train=True, resize=32, crop=24, flip=True, seed=3)
+    a = list(DaliEpisodeLoader(video_index, "train", range(4), **kwargs))
+    b = list(DaliEpisodeLoader(video_index, "train", range(4), **kwargs))
+    assert [x["episode"] for x in a] == [0, 1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["support"].shape == (2, 3, 3, 24, 24) and torch.equal(x["support"], y["support"])
+    shards = [[x["episode"] for x in DaliEpisodeLoader(video_index, "train", range(5), num_shards=2, shard_id=s,
+                                                       **kwargs)] for s in (0, 1)]
+    assert shards == [[0, 2, 4], [1, 3]]
+    with pytest.raises(ValueError, match="shard_id"):
+        DaliEpisodeLoader(video_index, "train", range(4), num_shards=2, shard_id=2, **kwargs)
+
+
+def test_dali_cpu_frame_folders_match_pil(frame_index):
+    kwargs = dict(way=2, shot=1, query=1, frames=5, seed=1)
+    (batch,) = DaliEpisodeLoader(frame_index, "train", range(1), train=False, resize=None, crop=40, **kwargs)
+    ref = EpisodeDataset(frame_index, "train", train=False, transform=ClipTransform(None, 40, train=False),
+                         decoder=FrameFolderDecoder(), **kwargs)[0]
+    assert batch["support"].shape == ref["support"].shape == (2, 5, 3, 40, 40)
+    # libjpeg-turbo (PIL) and DALI's CPU JPEG decoder differ only in IDCT/upsampling rounding
+    assert (batch["support"] - ref["support"]).abs().mean() < 2 / 255 / 0.225
+
+
+def test_build_pipeline_rejects_unknown_kinds():
+    with pytest.raises(ValueError, match="kind must be"):
+        build_pipeline("audio", "cpu", 1, lambda: None, None, None)
+    with pytest.raises(ValueError, match="device must be"):
+        build_pipeline("video", "tpu", 1, lambda: None, None, None)
+
+
+def test_gpu_decoder_without_gpu_is_a_named_error(video_index):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        DaliEpisodeLoader(video_index, "train", range(1), device="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")
+def test_dali_gpu_matches_cpu(video_index):
+    kwargs = dict(way=2, shot=1, query=1, frames=4, train=False, resize=None, crop=40, seed=5)
+    (gpu,) = DaliEpisodeLoader(video_index, "train", range(1), device="gpu", **kwargs)
+    (cpu,) = DaliEpisodeLoader(video_index, "train", range(1), device="cpu", **kwargs)
+    assert gpu["support"].is_cuda
+    assert (gpu["support"].cpu() - cpu["support"]).abs().mean() < MEAN_TOL / 255 / 0.225
