@@ -24,7 +24,9 @@ def load_index(config) -> DatasetIndex:
     if config.dataset_format == "synthetic":
         from .synthetic import ensure_synthetic_dataset
 
-        root = ensure_synthetic_dataset(root=config.data_root, seed=0)
+        sizes = {k: getattr(config, f"synthetic_{k}") for k in ("videos_per_class", "frames", "size", "families")
+                 if hasattr(config, f"synthetic_{k}")}  # config.synthetic_*: tiny sets for tests
+        root = ensure_synthetic_dataset(root=config.data_root, seed=0, **sizes)
         return DatasetIndex.load(Path(root) / "index.jsonl" if Path(root).is_dir() else root)
     from .formats import FORMATS, build_dataset_index, check_class_counts
 
