@@ -24,6 +24,11 @@ class TrainConfig:
     decoder: str = "auto"  # auto | dali-gpu | dali-cpu | pyav | pil (tap_fast.data.select_decoder)
     bad_video_policy: str = "fail"  # fail | skip: unreadable, empty, truncated or too-short videos
     frames: int = 8  # T, sparse TSN segments per video
+    # synthetic generator sizes (dataset_format "synthetic"; defaults: the embedded benchmark)
+    synthetic_videos_per_class: int = 20
+    synthetic_frames: int = 32
+    synthetic_size: int = 64
+    synthetic_families: tuple[str, ...] | None = None  # a subset of the families (tests, quick runs)
     resize: int = 64
     crop: int = 56
     flip: bool = False  # horizontal flip in training; never for order/direction-sensitive labels
@@ -41,7 +46,7 @@ class TrainConfig:
     query: int = 1
     episodes: int = 6000  # training episodes in total
     episodes_per_epoch: int = 500  # an "epoch" for the lr schedule and logging
-    episodes_per_step: int = 1  # episodes averaged into one optimizer step
+    episodes_per_step: int = 1  # episodes averaged into one optimizer step, per process (DDP: x world size)
     # optimisation
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
@@ -56,6 +61,10 @@ class TrainConfig:
     test_episodes: int = 1000
     test_shots: tuple[int, ...] = (1, 5)
     # run
+    precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | bf16 | fp16 (GradScaler) | fp32
+    checkpoint_every: int = 250  # optimizer steps between last.pt writes (also at validation, SIGTERM, SIGINT)
+    log_every: int = 50  # optimizer steps between log.jsonl / TensorBoard records
+    plots: bool = True  # training curves and an alignment example in out_dir at the end
     seed: int = 0
     workers: int = 0  # DataLoader worker processes
     out_dir: str = "runs/tap-synthetic"
@@ -74,7 +83,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {unknown}")
         values = dict(values)
-        for key in ("mlp_hidden", "test_shots"):
+        for key in ("mlp_hidden", "test_shots", "synthetic_families"):
             if key in values and values[key] is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
