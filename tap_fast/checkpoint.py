@@ -35,3 +35,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise ValueError(f"{path} is not a tap_fast checkpoint (no 'model'/'config' entries)")
     return checkpoint
+
+
+def rng_states() -> dict:
+    """Every random generator a training step could draw from (python, numpy, torch CPU and CUDA)."""
+    import random
+
+    import numpy as np
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -3,31 +3,56 @@
     python -m tap_fast.train                       # TAP on the embedded synthetic benchmark (CPU, minutes)
     python -m tap_fast.train --head tsn            # the FewShot-TSN baseline, same budget
     python -m tap_fast.train --preset ssv2-small --data-root /data/ssv2 --backbone-weights resnet50.pth
+    torchrun --nproc_per_node=4 -m tap_fast.train --preset ssv2-small ...   # DDP, one process per GPU
+    python -m tap_fast.train --resume              # continue from <out-dir>/last.pt exactly
 
-Reads top to bottom: config -> data -> model -> optimizer -> loop (validate, checkpoint) -> test.
+Reads top to bottom: config -> processes -> data -> model -> optimizer (resume) -> loop (validate,
+checkpoint, log) -> test.
+
+Scale-out: with W processes and --episodes-per-step E, optimizer step s consumes the episode ids
+[s*E*W, (s+1)*E*W); rank r forwards the ids congruent to r mod W, one episode per forward, and
+DDP averages the gradients, so W processes x E equals one process x E*W (same episodes, same
+gradient). Rank 0 alone logs and writes checkpoints; validation and test episodes are split over
+the ranks and gathered. SIGTERM/SIGINT stop at the next step boundary after writing last.pt.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import signal
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from tap_fast.checkpoint import save_atomic
+from tap_fast import distributed
+from tap_fast.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_atomic
 from tap_fast.config import HEADS, PRESETS, TrainConfig, preset
 from tap_fast.data.build import episode_loader, load_index
-from tap_fast.evaluate import (
-    VAL_SEED_OFFSET, format_report, meta_test, model_from_checkpoint, pick_device, test_report,
-)
+from tap_fast.evaluate import VAL_SEED_OFFSET, format_report, meta_test, test_report
+from tap_fast.interrupt import StopOnSignal
 from tap_fast.models import build_model, episode_loss, parameter_groups_to_clip
+from tap_fast.precision import PRECISIONS, autocast, grad_scaler, resolve_precision
+from tap_fast.run_log import RunLog
+from tap_fast.step_timer import StepTimer
 
 
-def parse_args(argv=None) -> tuple[TrainConfig, bool]:
+@dataclass
+class RunOptions:
+    """How to run, as opposed to what to train (TrainConfig)."""
+    progress: bool = True  # progress bars (else plain log lines)
+    resume: str | None = None  # a last.pt to continue from; "auto": <out_dir>/last.pt
+    stop_after: int | None = None  # debug: stop as a SIGTERM would once this many episodes are done
+    profile: bool = False  # print where step time goes at the end
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
     parser = argparse.ArgumentParser(prog="python -m tap_fast.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="synthetic", help=f"one of: {', '.join(PRESETS)}")
@@ -36,7 +61,9 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     parser.add_argument("--shot", type=int)
     parser.add_argument("--query", type=int, help="query videos per class")
     parser.add_argument("--frames", type=int, help="T, frames sampled per video")
-    parser.add_argument("--episodes", type=int, help="training episodes in total")
+    parser.add_argument("--episodes", type=int, help="training episodes in total (all processes together)")
+    parser.add_argument("--episodes-per-step", type=int,
+                        help="episodes each process averages into one optimizer step (global: x world size)")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--data-root", help="dataset directory (synthetic: where to cache it)")
     parser.add_argument("--split-dir", help="directory holding train/val/test split lists")
@@ -56,32 +83,63 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     parser.add_argument("--workers", type=int, help="data loading processes")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out-dir")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU); fp16 uses a GradScaler")
+    parser.add_argument("--checkpoint-every", type=int, help="optimizer steps between last.pt writes")
+    parser.add_argument("--log-every", type=int, help="optimizer steps between log.jsonl/TensorBoard records")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any TrainConfig field, VALUE as JSON (e.g. --set mlp_hidden=[32,16]); repeatable")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                        help="continue from a last.pt (default <out-dir>/last.pt) with the same settings")
+    parser.add_argument("--stop-after", type=int, metavar="EPISODES",
+                        help="debug: stop as on SIGTERM (checkpoint, exit) after this many episodes")
+    parser.add_argument("--profile", action="store_true", help="print where step time goes")
+    parser.add_argument("--no-plots", action="store_true", help="skip the plots at the end")
     parser.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
     args = parser.parse_args(argv)
 
     config = preset(args.preset)
-    overrides = {
-        key: value for key, value in vars(args).items()
-        if key not in ("preset", "no_progress") and value is not None
-    }
+    run_flags = ("preset", "no_progress", "set", "resume", "stop_after", "profile", "no_plots")
+    overrides = {key: value for key, value in vars(args).items() if key not in run_flags and value is not None}
     for key in ("test_shots",):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     if "head" in overrides and "out_dir" not in overrides:
         overrides["out_dir"] = config.out_dir.replace("tap-", f"{overrides['head']}-", 1)
-    return config.replace(**overrides), not args.no_progress
+    if args.no_plots:
+        overrides["plots"] = False
+    overrides.update(_parse_set(args.set))
+    config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    return config, RunOptions(progress=not args.no_progress, resume=args.resume, stop_after=args.stop_after,
+                              profile=args.profile)
+
+
+def _parse_set(items: list[str]) -> dict:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a config field "
+                             f"({', '.join(sorted(known))})")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw  # a bare string
+    return values
 
 
 def validate_config(config: TrainConfig) -> None:
-    for name in ("way", "shot", "query", "frames", "episodes", "val_every", "val_episodes", "test_episodes"):
+    for name in ("way", "shot", "query", "frames", "episodes", "episodes_per_step", "val_every", "val_episodes",
+                 "test_episodes", "checkpoint_every", "log_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if config.way < 2:
         raise ValueError(f"--way must be >= 2 for a classification episode, got {config.way}")
 
 
-def build_optimizer(model, config: TrainConfig):
+def build_optimizer(model, config: TrainConfig, global_batch: int):
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
@@ -89,80 +147,236 @@ def build_optimizer(model, config: TrainConfig):
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
-    # the schedule counts episodes: x lr_gamma every lr_step_epochs "epochs"
+    return optimizer, build_scheduler(optimizer, config, global_batch)
+
+
+def build_scheduler(optimizer, config: TrainConfig, global_batch: int, last_step: int = -1):
+    # the schedule counts episodes: x lr_gamma every lr_step_epochs "epochs", whatever the world size
     step_episodes = config.lr_step_epochs * config.episodes_per_epoch
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_episodes, gamma=config.lr_gamma)
-    return optimizer, scheduler
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: config.lr_gamma ** ((step * global_batch) // step_episodes), last_epoch=last_step)
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict:
+# fields a resumed run may change without changing the training trajectory
+RESUMABLE_CHANGES = frozenset({
+    "episodes", "device", "workers", "out_dir", "data_root", "split_dir", "decoder", "bad_video_policy",
+    "val_every", "val_episodes", "test_episodes", "test_shots", "checkpoint_every", "log_every", "plots",
+})
+
+
+def check_resumable(saved: dict, config: TrainConfig) -> None:
+    changed = sorted(k for k, v in config.to_dict().items()
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
+        raise ValueError(f"--resume: the checkpoint was trained with other settings ({details}); "
+                         "pass the same settings to continue exactly")
+
+
+def train(config: TrainConfig, options: RunOptions | bool = True) -> dict:
+    """Train, validate, checkpoint, meta-test; returns the summary (also written to results.json)."""
+    if isinstance(options, bool):  # train(config, progress)
+        options = RunOptions(progress=options)
     validate_config(config)
-    torch.manual_seed(config.seed)
-    device = pick_device(config.device)
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.setup(config.device)
+    try:
+        return _train(config, options, ctx)
+    finally:
+        if ctx.owns_group:
+            distributed.cleanup()
 
+
+def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContext) -> dict:
+    # ---- processes: rank r of W, one device each ----------------------------------------------
+    device, main = ctx.device, ctx.is_main
+    precision = resolve_precision(config.precision, device)
+    progress = options.progress and main
+    out_dir = Path(config.out_dir)
+    global_batch = config.episodes_per_step * ctx.world_size  # episodes per optimizer step, all ranks
+    total_steps = config.episodes // global_batch
+    if total_steps < 1:
+        raise ValueError(f"--episodes {config.episodes} is less than one step of {global_batch} episodes "
+                         f"({config.episodes_per_step} per step x {ctx.world_size} processes)")
+    if total_steps * global_batch != config.episodes and main:
+        print(f"tap_fast: training {total_steps * global_batch} episodes, the multiple of the "
+              f"{global_batch} episodes per step below --episodes {config.episodes}", file=sys.stderr)
+
+    # ---- data (rank 0 first: it may generate the synthetic set or scan and cache a real one) ---
+    if not main:
+        distributed.barrier(ctx)
     index = load_index(config)
+    if main:
+        distributed.barrier(ctx)
+
+    # ---- model and optimizer ---------------------------------------------------------------------
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    optimizer, scheduler = build_optimizer(model, config, global_batch)
+    scaler = grad_scaler(precision, device)
+    clipped = parameter_groups_to_clip(model)
+    state = {"step": 0, "history": [], "best_accuracy": -math.inf, "running": [0.0, 0.0, 0],
+             "meters": [0.0, 0.0, 0], "elapsed": 0.0}
+    if options.resume:
+        path = out_dir / "last.pt" if options.resume == "auto" else Path(options.resume)
+        checkpoint = load_checkpoint(path)
+        check_resumable(checkpoint["config"], config)
+        if checkpoint["episode"] % global_batch:
+            raise ValueError(f"--resume: {path} stopped at episode {checkpoint['episode']}, not a multiple of "
+                             f"this run's {global_batch} episodes per step")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state.update(checkpoint["loop"], step=checkpoint["episode"] // global_batch)
+        if checkpoint["global_batch"] == global_batch:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        else:  # another world size: the same schedule, counted in this run's steps
+            scheduler = build_scheduler(optimizer, config, global_batch, last_step=state["step"] - 1)
+        rng = checkpoint["rng"]
+        restore_rng_states(rng[ctx.rank] if len(rng) == ctx.world_size else rng[0])
+        if main:
+            print(f"tap_fast: resumed from {path} at episode {checkpoint['episode']}", flush=True)
+    ddp_model = model
+    if ctx.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+    if main:
+        print(f"tap_fast: {config.head} head, {config.way}-way {config.shot}-shot, T={config.frames}, "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, {precision}"
+              + (f", {ctx.world_size} processes" if ctx.enabled else ""), flush=True)
+
+    start_step = state["step"]
     train_loader = episode_loader(config, index, "train", shot=config.shot, train=True, seed=config.seed,
-                                  episodes=range(config.episodes))
+                                  episodes=range(start_step * global_batch, total_steps * global_batch))
     val_loader = episode_loader(config, index, "val", shot=config.shot, train=False,
                                 seed=config.seed + VAL_SEED_OFFSET, episodes=range(config.val_episodes))
 
-    model = build_model(config).to(device)
-    optimizer, scheduler = build_optimizer(model, config)
-    clipped = parameter_groups_to_clip(model)
-    print(f"tap_fast: {config.head} head, {config.way}-way {config.shot}-shot, T={config.frames}, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
+    def save_last(step: int) -> None:
+        """last.pt: everything --resume needs to continue exactly (a collective: call on every rank)."""
+        rng = distributed.gather_objects(rng_states(), ctx)
+        if main:
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+                         "loop": {k: v for k, v in state.items() if k != "step"},
+                         "episode": step * global_batch, "global_batch": global_batch,
+                         "config": config.to_dict()}, out_dir / "last.pt")
 
-    history, best_accuracy, started = [], -math.inf, time.time()
-    running_loss = running_correct = 0.0
-    bar = tqdm(train_loader, total=config.episodes, desc="train", disable=not progress, dynamic_ncols=True)
+    # ---- loop: one optimizer step = episodes_per_step episodes on each rank --------------------
+    log = RunLog(out_dir, enabled=main, resume_episode=start_step * global_batch if options.resume else None)
+    timer = StepTimer(device, sync=options.profile)
+    started = time.time() - state["elapsed"]
+    bar = tqdm(total=total_steps * global_batch, initial=start_step * global_batch, desc="train", unit="ep",
+               disable=not progress, dynamic_ncols=True)
+    batches = iter(train_loader)
     model.train()
-    for episode, batch in enumerate(bar, start=1):
-        logits = model(batch["support"].to(device), batch["query"].to(device), config.way)
-        labels = batch["query_labels"].to(device)
-        loss = episode_loss(logits, labels) / config.episodes_per_step
-        loss.backward()
-        if episode % config.episodes_per_step == 0:
-            torch.nn.utils.clip_grad_norm_(clipped, config.clip_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+    stopped, done = None, start_step
+    with StopOnSignal() as stop_signal:
+        for step in range(start_step, total_steps):
+            loss_sum = correct_sum = torch.zeros((), device=device)
+            for micro in range(config.episodes_per_step):
+                with timer("data"):
+                    batch = next(batches)
+                last_micro = micro == config.episodes_per_step - 1
+                # gradients are all-reduced once per step, on the last backward
+                with ddp_model.no_sync() if ctx.enabled and not last_micro else nullcontext():
+                    with timer("forward"), autocast(precision, device):
+                        logits = ddp_model(batch["support"].to(device, non_blocking=True),
+                                           batch["query"].to(device, non_blocking=True), config.way)
+                        labels = batch["query_labels"].to(device)
+                        loss = episode_loss(logits, labels)
+                    with timer("backward"):
+                        scaler.scale(loss / config.episodes_per_step).backward()
+                loss_sum = loss_sum + loss.detach()
+                correct_sum = correct_sum + (logits.argmax(-1) == labels).float().mean()
+            with timer("optimizer"):
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(clipped, config.clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
 
-        running_loss = 0.98 * running_loss + 0.02 * loss.item() * config.episodes_per_step
-        running_correct = 0.98 * running_correct + 0.02 * (logits.argmax(-1) == labels).float().mean().item()
-        if episode % 50 == 0:
-            debias = 1 - 0.98 ** episode
-            bar.set_postfix(loss=f"{running_loss / debias:.3f}", acc=f"{100 * running_correct / debias:.1f}")
+            # one small collective a step: the global step's loss and accuracy, and any rank's stop signal
+            loss_total, correct_total, stop_votes = distributed.all_reduce_sum(
+                [loss_sum.item(), correct_sum.item(), float(stop_signal.requested)], ctx)
+            step_loss, step_accuracy = loss_total / global_batch, correct_total / global_batch
+            episode, done = (step + 1) * global_batch, step + 1
+            running, meters = state["running"], state["meters"]
+            running[0] = 0.98 * running[0] + 0.02 * step_loss
+            running[1] = 0.98 * running[1] + 0.02 * step_accuracy
+            running[2] += 1
+            meters[0] += step_loss
+            meters[1] += step_accuracy
+            meters[2] += 1
+            bar.update(global_batch)
+            if done % config.log_every == 0 or done == total_steps:
+                phases, wall = timer.pop_interval()
+                wall -= phases.get("validation", 0.0) + phases.get("checkpoint", 0.0)  # training time only
+                log.record("train", episode, done, loss=meters[0] / meters[2], accuracy=meters[1] / meters[2],
+                           lr=scheduler.get_last_lr()[0], episodes_per_s=meters[2] * global_batch / wall,
+                           data_wait_fraction=phases.get("data", 0.0) / wall)
+                state["meters"] = [0.0, 0.0, 0]
+                debias = 1 - 0.98 ** running[2]
+                bar.set_postfix(loss=f"{running[0] / debias:.3f}", acc=f"{100 * running[1] / debias:.1f}")
 
-        if episode % config.val_every == 0 or episode == config.episodes:
-            val = meta_test(model, val_loader, device, desc="meta-val", progress=progress)
-            record = {"episode": episode, "train_loss": running_loss / (1 - 0.98 ** episode),
-                      "val_accuracy": val.mean, "val_ci95": val.ci95, "seconds": time.time() - started,
-                      "lr": scheduler.get_last_lr()[0]}
-            history.append(record)
-            checkpoint = {"model": model.state_dict(), "config": config.to_dict(), "episode": episode,
-                          "val_accuracy": val.mean}
-            save_atomic(checkpoint, out_dir / "last.pt")
-            if val.mean > best_accuracy:
-                best_accuracy = val.mean
-                save_atomic(checkpoint, out_dir / "best.pt")
-            message = (f"episode {episode}: loss {record['train_loss']:.3f}, "
-                       f"val {config.way}-way {config.shot}-shot {val}")
-            tqdm.write(message) if progress else print(message, flush=True)
+            stop_requested = stop_votes > 0 or (options.stop_after is not None and episode >= options.stop_after)
+            validate = episode // config.val_every > (episode - global_batch) // config.val_every
+            if validate or done == total_steps:
+                with timer("validation"), autocast(precision, device):
+                    val = meta_test(model, val_loader, device, desc="meta-val", progress=progress)
+                state["elapsed"] = time.time() - started
+                record = {"episode": episode, "train_loss": running[0] / (1 - 0.98 ** running[2]),
+                          "val_accuracy": val.mean, "val_ci95": val.ci95, "seconds": state["elapsed"],
+                          "lr": scheduler.get_last_lr()[0]}
+                state["history"].append(record)
+                log.record("val", episode, done, accuracy=val.mean, ci95=val.ci95)
+                if val.mean > state["best_accuracy"]:
+                    state["best_accuracy"] = val.mean
+                    if main:  # best.pt: the weights chosen on the meta-validation set
+                        save_atomic({"model": model.state_dict(), "config": config.to_dict(), "episode": episode,
+                                     "val_accuracy": val.mean}, out_dir / "best.pt")
+                message = (f"episode {episode}: loss {record['train_loss']:.3f}, "
+                           f"val {config.way}-way {config.shot}-shot {val}")
+                if main:
+                    tqdm.write(message) if progress else print(message, flush=True)
+            if validate or done % config.checkpoint_every == 0 or done == total_steps or stop_requested:
+                state["elapsed"] = time.time() - started
+                with timer("checkpoint"):
+                    save_last(done)
+                log.flush()
+            if stop_requested and done < total_steps:
+                signum = stop_signal.signum
+                reason = signal.Signals(signum).name if signum else f"--stop-after {options.stop_after}"
+                stopped = {"episode": episode, "reason": reason, "signal": signum}
+                if main:
+                    tqdm.write(f"tap_fast: stopped at episode {episode} ({reason}); last.pt saved, "
+                               f"continue with --resume")
+                break
+    bar.close()
+    log.close()
+    if options.profile and main:
+        print(timer.report(done - start_step), flush=True)
+    final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if stopped is not None:
+        return {"config": config.to_dict(), "history": state["history"], "stopped": stopped,
+                "final_state_dict": final_state}
 
-    # meta-test the checkpoint chosen on the validation set
-    model, _ = model_from_checkpoint(out_dir / "best.pt", device)
-    results = test_report(model, config, index, device, progress=progress)
-    report = format_report(results, config.head)
-    print(report, flush=True)
-
-    summary = {"config": config.to_dict(), "history": history, "train_seconds": time.time() - started,
+    # ---- test: meta-test the checkpoint chosen on the validation set ----------------------------
+    distributed.barrier(ctx)  # best.pt is complete
+    best = distributed.broadcast_object(load_checkpoint(out_dir / "best.pt")["model"] if main else None, ctx)
+    model.load_state_dict(best)
+    with autocast(precision, device):
+        results = test_report(model, config, index, device, progress=progress)
+    summary = {"config": config.to_dict(), "history": state["history"], "train_seconds": time.time() - started,
                "test": {name: vars(s) for name, s in results.items()}}
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "report.md").write_text(report + "\n")
-    _save_plots(model, config, index, device, history, out_dir)
-    print(f"checkpoint, report and plots in {out_dir}/", flush=True)
+    if main:
+        report = format_report(results, config.head)
+        print(report, flush=True)
+        (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / "report.md").write_text(report + "\n")
+        if config.plots:
+            _save_plots(model, config, index, device, state["history"], out_dir)
+        print(f"checkpoint, report and plots in {out_dir}/", flush=True)
+    summary["final_state_dict"] = final_state  # the weights at the last step (not written: last.pt has them)
     return summary
 
 
@@ -175,11 +389,14 @@ def _save_plots(model, config, index, device, history, out_dir: Path) -> None:
 
 def main(argv=None) -> int:
     try:
-        config, progress = parse_args(argv)
-        train(config, progress)
+        config, options = parse_args(argv)
+        summary = train(config, options)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    stopped = summary.get("stopped")
+    if stopped and stopped["signal"]:
+        return 128 + stopped["signal"]  # the shell convention for "ended by this signal"
     return 0
 
 
