@@ -32,13 +32,18 @@ def pick_device(name: str) -> torch.device:
 def meta_test(model, loader, device, desc: str = "meta-test", progress: bool = True) -> AccuracySummary:
     was_training = model.training
     model.eval()
-    correct = []
+    correct = []  # (episode id, accuracy)
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         logits = model(batch["support"].to(device), batch["query"].to(device), len(batch["class_names"]))
         labels = batch["query_labels"].to(device)
-        correct.append((logits.argmax(-1) == labels).float().mean().item())
+        correct.append((batch["episode"], (logits.argmax(-1) == labels).float().mean().item()))
     model.train(was_training)
-    return summarize_accuracies(correct)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # the loader gave this rank its shard of the episodes (episode_loader): gather them all
+        shards = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, correct)
+        correct = [pair for shard in shards for pair in shard]
+    return summarize_accuracies([accuracy for _, accuracy in sorted(correct)])
 
 
 def test_report(model, config: TrainConfig, index, device, split="test", shots=None, episodes=None,
