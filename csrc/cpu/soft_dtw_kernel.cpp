@@ -28,14 +28,14 @@ namespace sdtw {
 namespace {
 
 template <typename T>
-struct Lanes;  // pairs per tile: one 512-bit vector
+struct Lanes;  // pairs per tile: four 512-bit vectors, independent chains that hide exp/log latency
 template <>
 struct Lanes<float> {
-  static constexpr int L = 16;
+  static constexpr int L = 64;
 };
 template <>
 struct Lanes<double> {
-  static constexpr int L = 8;
+  static constexpr int L = 32;
 };
 
 // out = d + softmin_gamma(up, left, diag), lane-wise.
@@ -66,7 +66,8 @@ SDTW_ALWAYS_INLINE void push_cell(const T* __restrict__ up, const T* __restrict_
     const T wa = lane::exp_nonpos((lo - a) * inv_gamma);
     const T wb = lane::exp_nonpos((lo - b) * inv_gamma);
     const T wc = lane::exp_nonpos((lo - c) * inv_gamma);
-    const T s = e[k] / (wa + wb + wc);
+    // 1 / z depends on R only: off the E dependency chain that runs along the row.
+    const T s = e[k] * (T(1) / (wa + wb + wc));
     e_up[k] += s * wa;
     e_left[k] += s * wb;
     e_diag[k] += s * wc;
