@@ -425,6 +425,9 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 
     index_path = final / "index.jsonl"
     if (final / "manifest.json").is_file() and index_path.is_file():
         return index_path
+    if final.exists():  # our directories appear complete (rename), so this one was made by hand
+        raise FileExistsError(f"{final} exists but has no manifest.json/index.jsonl, so it is not a complete "
+                              "synthetic dataset; delete it to regenerate")
     parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temp_dirs(parent, final.name)
     tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,160 @@
+"""The synthetic benchmark: class table, determinism, twins, decodability, atomic caching."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tap_fast.data.decode import decode_video
+from tap_fast.data.index import DatasetIndex
+from tap_fast.data.synthetic import (
+    MOTIONS, ORDERS, SYNTHETIC_CLASSES, SYNTHETIC_FAMILIES, _order_u, dataset_dir_name, ensure_synthetic_dataset,
+    render_clip, sample_nuisance, time_reversed_twin, write_webm,
+)
+
+TINY = dict(videos_per_class=3, frames=16, families=["disc_horizontal", "cross_horizontal"], progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("syn"), workers=1, **TINY)
+
+
+def test_class_table_families_and_splits():
+    assert len(SYNTHETIC_CLASSES) >= 100 and len(SYNTHETIC_FAMILIES) == 25
+    fam_split = {}
+    for fam, members in SYNTHETIC_FAMILIES.items():
+        assert [c.order for c in members] == list(ORDERS)
+        assert len({(c.shape, c.motion, c.split) for c in members}) == 1  # one look, one split per family
+        fam_split[fam] = members[0].split
+    assert Counter(fam_split.values()) == {"train": 16, "val": 3, "test": 6}
+    assert Counter(c.split for c in SYNTHETIC_CLASSES.values()) == {"train": 64, "val": 12, "test": 24}
+    train_motions = {c.motion for c in SYNTHETIC_CLASSES.values() if c.split == "train"}
+    assert {c.motion for c in SYNTHETIC_CLASSES.values()} == train_motions == set(MOTIONS)
+    for name in SYNTHETIC_CLASSES:
+        twin = time_reversed_twin(name)
+        assert SYNTHETIC_CLASSES[twin].family == SYNTHETIC_CLASSES[name].family
+        assert time_reversed_twin(twin) == name
+
+
+def test_orders_share_the_distribution_of_u():
+    # the motion parameter (position, size, angle, ...) is uniform over time for every order:
+    # one frame, or the mean over frames, does not tell the orders of a family apart
+    s = np.linspace(0, 1, 100001)
+    ref = np.sort(_order_u("forward", s))
+    for order in ORDERS:
+        np.testing.assert_allclose(np.sort(_order_u(order, s)), ref, atol=1e-4)
+
+
+def test_render_deterministic_and_seed_dependent():
+    nz = lambda seed: sample_nuisance(np.random.default_rng(seed), "triangle", 12, 32)
+    a, b, c = (render_clip("triangle_growing", nz(s)) for s in (1, 1, 2))
+    assert a.shape == (12, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - c).mean() > 5
+
+
+def test_render_moves_the_shape():
+    # consecutive frames differ during the motion (the class is visible), all orders differ
+    nz = sample_nuisance(np.random.default_rng(0), "disc", 16, 64)
+    clips = {o.order: render_clip(o.name, nz) for o in SYNTHETIC_FAMILIES["disc_horizontal"]}
+    fwd = clips["forward"].astype(int)
+    assert np.abs(fwd[-1] - fwd[0]).mean() > 2
+    for o1 in ORDERS:
+        for o2 in ORDERS:
+            if o1 < o2:
+                assert np.abs(clips[o1].astype(int) - clips[o2]).mean() > 1, (o1, o2)
+
+
+@pytest.mark.parametrize("family", ["square_vertical", "tee_rotation", "square_orbit", "disc_scale"])
+def test_time_reversed_twin_is_the_reversed_clip(tmp_path, family):
+    fwd, bwd = SYNTHETIC_FAMILIES[family][0].name, SYNTHETIC_FAMILIES[family][1].name
+    assert time_reversed_twin(fwd) == bwd
+    nz = sample_nuisance(np.random.default_rng(5), SYNTHETIC_CLASSES[fwd].shape, 16, 64)
+    a, b = render_clip(fwd, nz), render_clip(bwd, nz)
+    np.testing.assert_array_equal(a[::-1], b)  # exact before encoding
+    # and approximately after the lossy VP9 round trip
+    write_webm(tmp_path / "a.webm", a)
+    write_webm(tmp_path / "b.webm", b)
+    da, db = decode_video(tmp_path / "a.webm").astype(int), decode_video(tmp_path / "b.webm").astype(int)
+    twin_err = np.abs(da[::-1] - db).mean()
+    other = render_clip(bwd, sample_nuisance(np.random.default_rng(6), SYNTHETIC_CLASSES[fwd].shape, 16, 64))
+    assert twin_err < 4 and np.abs(da[::-1] - other).mean() > 4 * twin_err
+
+
+def test_tiny_dataset_layout_and_decodability(tiny):
+    root = tiny.parent
+    idx = DatasetIndex.load(tiny)
+    assert idx.classes("train") == [c.name for c in SYNTHETIC_FAMILIES["disc_horizontal"]]
+    assert idx.classes("test") == [c.name for c in SYNTHETIC_FAMILIES["cross_horizontal"]]
+    assert idx.classes("val") == [] and len(idx) == 8 * 3
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["frames"] == 16 and manifest["videos_per_class"] == 3 and len(manifest["classes"]) == 8
+    for r in idx:
+        assert r.path.parent.name == r.class_name and r.num_frames == 16
+        v = decode_video(r.path)
+        assert v.shape == (16, 64, 64, 3) and v.dtype == np.uint8
+
+
+def test_generation_deterministic_across_workers_and_seeds(tiny, tmp_path):
+    again = ensure_synthetic_dataset(tmp_path / "b", workers=2, **TINY)
+    other = ensure_synthetic_dataset(tmp_path / "c", workers=1, seed=1, **TINY)
+    assert again.read_text() == tiny.read_text()  # same relative paths, classes, splits
+    a, b, c = (DatasetIndex.load(p).records() for p in (tiny, again, other))
+    for ra, rb in zip(a[::5], b[::5]):
+        np.testing.assert_array_equal(decode_video(ra.path), decode_video(rb.path))
+    assert np.abs(decode_video(a[0].path).astype(int) - decode_video(c[0].path)).mean() > 5
+
+
+def test_cached_and_leftover_temp_dirs_cleaned(tiny):
+    parent = tiny.parent.parent
+    mtime = tiny.stat().st_mtime_ns
+    # an interrupted run of a dead process left a half-written temp dir behind
+    stale = parent / f".{tiny.parent.name}.tmp-999999999-deadbeef"
+    (stale / "videos").mkdir(parents=True)
+    (stale / "index.jsonl").write_text("garbage")
+    assert ensure_synthetic_dataset(parent, workers=1, **TINY) == tiny  # cached: nothing regenerated
+    assert tiny.stat().st_mtime_ns == mtime
+    # a different setting is a different directory
+    name = dataset_dir_name(0, 3, 16, 64, [c.name for f in TINY["families"] for c in SYNTHETIC_FAMILIES[f]])
+    assert name == tiny.parent.name and "-16f-" in name
+    # when the cached dir is missing, generation cleans the dead leftover and rebuilds
+    (parent / "other").mkdir()
+    (stale.parent / f".{tiny.parent.name}.tmp-999999999-cafecafe").mkdir()
+    os.rename(tiny.parent, parent / "other" / "moved")
+    try:
+        assert ensure_synthetic_dataset(parent, workers=1, **TINY) == tiny
+        assert not list(parent.glob(".*.tmp-*"))
+        assert (tiny.parent / "manifest.json").is_file()
+    finally:
+        if not tiny.parent.exists():
+            os.rename(parent / "other" / "moved", tiny.parent)
+
+
+def test_incomplete_dir_is_not_used(tmp_path):
+    # a directory without its manifest (the completeness marker) is never returned as ready
+    kw = dict(TINY, families=["disc_scale"], videos_per_class=1, frames=4)
+    p = ensure_synthetic_dataset(tmp_path, workers=1, **kw)
+    (p.parent / "manifest.json").unlink()
+    with pytest.raises(FileExistsError, match="no manifest.json"):
+        ensure_synthetic_dataset(tmp_path, workers=1, **kw)
+    assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown synthetic families"):
+        ensure_synthetic_dataset(tmp_path, families=["nope"], progress=False)
+    with pytest.raises(ValueError, match="frames"):
+        ensure_synthetic_dataset(tmp_path, frames=1, progress=False)
+    with pytest.raises(ValueError, match="unknown synthetic class"):
+        render_clip("nope", sample_nuisance(np.random.default_rng(0), "disc", 4, 32))
+
+
+def test_cli_list():
+    out = subprocess.run([sys.executable, "-m", "tap_fast.data.synthetic", "--list"], capture_output=True,
+                         text=True, check=True)
+    assert "disc_left_to_right" in out.stdout and "100 classes in 25 families" in out.stdout
+    assert "RuntimeWarning" not in out.stderr
