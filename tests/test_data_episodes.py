@@ -59,7 +59,8 @@ def test_test_mode_matches_the_pipeline_pieces(index):
 
 def test_dataloader_workers_agree(index):
     ds = _ds(index, train=True)
-    loaded = list(DataLoader(ds, batch_size=None, num_workers=2, sampler=[4, 9]))
+    ds[0]  # decode in the parent first: forked workers must not inherit a stuck decoder state
+    loaded = list(DataLoader(ds, batch_size=None, num_workers=2, sampler=[4, 9], timeout=30))
     for item, k in zip(loaded, (4, 9)):
         assert item["episode"] == k and torch.equal(item["support"], ds[k]["support"])
 

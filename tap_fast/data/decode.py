@@ -57,16 +57,20 @@ class VideoDecoder(Protocol):
 
 
 _local = threading.local()
+# A forked child (DataLoader worker) must not reuse the parent's swscale context.
+os.register_at_fork(after_in_child=lambda: _local.__dict__.clear())
 
 
-def _reformatter():
+def _to_rgb(frame) -> np.ndarray:
     # One swscale context per thread, reused across frames and files: letting each frame build
     # its own (frame.to_ndarray(format="rgb24")) made RGB conversion ~4x slower than decoding.
+    # threads=1: a slice-thread pool inherited through fork() deadlocks the child.
     from av.video.reformatter import VideoReformatter
 
-    if not hasattr(_local, "reformatter"):
-        _local.reformatter = VideoReformatter()
-    return _local.reformatter
+    reformatter = getattr(_local, "reformatter", None)
+    if reformatter is None:
+        reformatter = _local.reformatter = VideoReformatter()
+    return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
 def decode_video(path: str | os.PathLike) -> np.ndarray:
@@ -82,8 +86,7 @@ def decode_video(path: str | os.PathLike) -> np.ndarray:
                 raise VideoDecodeError(path, "no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "NONE"  # tiny clips: threads cost more than they save
-            to_rgb = _reformatter()
-            frames = [to_rgb.reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
+            frames = [_to_rgb(f) for f in container.decode(stream)]
     except VideoDecodeError:
         raise
     except (av.error.FFmpegError, ValueError, EOFError) as e:
