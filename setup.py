@@ -120,6 +120,7 @@ setup(
         "av>=12",
         "tqdm",
         "matplotlib",
+        "tensorboard",
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark"],

@@ -96,8 +96,9 @@ def tap_scores(
 
     ``budget_bytes`` bounds the hidden activations per chunk of the torch backend.
     """
-    widths = validate_tap_inputs(x, y, weights, biases)
+    # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes
     x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
+    widths = validate_tap_inputs(x, y, weights, biases)
     with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
         u, v, cos = _prelude(x, y, weights, biases)
         if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
@@ -123,8 +124,9 @@ def tap_alignment(
     S is differentiable; P is computed without an autograd graph (memory-bounded, never storing the
     hidden activations).  Use tap_alignment_reference for a differentiable P on small inputs.
     """
-    widths = validate_tap_inputs(x, y, weights, biases)
+    # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes
     x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
+    widths = validate_tap_inputs(x, y, weights, biases)
     with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
         u, v, cos = _prelude(x, y, weights, biases)
         with torch.no_grad():

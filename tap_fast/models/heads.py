@@ -45,7 +45,8 @@ class OtamHead(nn.Module):
 
     def forward(self, query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
         q, s = F.normalize(query, dim=-1), F.normalize(support, dim=-1)
-        cost = 1 - torch.einsum("qid,sjd->qsij", q, s)
+        # soft-DTW sums T + T terms through log-sum-exp: keep it in fp32 even under autocast
+        cost = 1 - torch.einsum("qid,sjd->qsij", q, s).float()
         nq, ns, tq, ts = cost.shape
         forward = soft_dtw(cost.reshape(nq * ns, tq, ts), self.gamma, variant="otam")
         backward = soft_dtw(cost.transpose(-1, -2).reshape(nq * ns, ts, tq), self.gamma, variant="otam")
