@@ -347,10 +347,9 @@ def probe_items(root: Path, fmt: str, items: list[Item], cache_file: Path | None
     cached = _load_cache(cache_file, fmt) if cache_file is not None else {}
     probe = probe_video if fmt == "video-folders" else probe_frame_folder
     results, changed = {}, False
-    todo = [it for it in items]
     from tqdm.auto import tqdm
 
-    for it in tqdm(todo, desc="indexing videos", unit="video", disable=not progress or len(todo) < 50,
+    for it in tqdm(items, desc="indexing videos", unit="video", disable=not progress or len(items) < 50,
                    file=sys.stderr):
         path = root / it.rel
         sig = _signature(path)
