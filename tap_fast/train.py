@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from tap_fast import distributed
 from tap_fast.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_atomic
 from tap_fast.config import HEADS, PRESETS, TrainConfig, preset
-from tap_fast.data.build import episode_loader, load_index
+from tap_fast.data.build import episode_dataset, episode_loader, load_index
 from tap_fast.evaluate import VAL_SEED_OFFSET, format_report, meta_test, test_report
 from tap_fast.interrupt import StopOnSignal
 from tap_fast.models import build_model, episode_loss, parameter_groups_to_clip
@@ -247,8 +247,8 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     start_step = state["step"]
     train_loader = episode_loader(config, index, "train", shot=config.shot, train=True, seed=config.seed,
                                   episodes=range(start_step * global_batch, total_steps * global_batch))
-    val_loader = episode_loader(config, index, "val", shot=config.shot, train=False,
-                                seed=config.seed + VAL_SEED_OFFSET, episodes=range(config.val_episodes))
+    val_dataset = episode_dataset(config, index, "val", shot=config.shot, train=False,
+                                  seed=config.seed + VAL_SEED_OFFSET)
 
     def save_last(step: int) -> None:
         """last.pt: everything --resume needs to continue exactly (a collective: call on every rank)."""
@@ -322,7 +322,8 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
             validate = episode // config.val_every > (episode - global_batch) // config.val_every
             if validate or done == total_steps:
                 with timer("validation"), autocast(precision, device):
-                    val = meta_test(model, val_loader, device, desc="meta-val", progress=progress)
+                    val = meta_test(model, val_dataset, range(config.val_episodes), device, desc="meta-val",
+                                    progress=progress)
                 state["elapsed"] = time.time() - started
                 record = {"episode": episode, "train_loss": running[0] / (1 - 0.98 ** running[2]),
                           "val_accuracy": val.mean, "val_ci95": val.ci95, "seconds": state["elapsed"],

@@ -50,6 +50,13 @@ class EpisodeDataset(Dataset):
         idx = tsn_frame_indices(record.num_frames, self.frames, self.train, frame_rng)
         return self.transform(self.decoder.decode(record.path, idx), aug_rng)
 
+    def eval_clip(self, record: VideoRecord) -> torch.Tensor:
+        """One video's clip as evaluation sees it (segment centres, centre crop): the same in every
+        episode, so callers may compute its features once and reuse them."""
+        if self.train:
+            raise ValueError("eval_clip is for evaluation datasets (train=False): training clips are random")
+        return self._clip(record, None, None)
+
     def __getitem__(self, k: int) -> dict:
         if not 0 <= k < self.num_episodes:
             raise IndexError(f"episode {k} is out of range for {self.num_episodes} episodes")

@@ -28,11 +28,15 @@ class FewShotModel(nn.Module):
         if support.shape[0] % way:
             raise ValueError(f"{support.shape[0]} support videos do not split into {way} classes")
         features = self.frame_features(torch.cat([support, query]))
-        support_features, query_features = features[: len(support)], features[len(support):]
+        return self.logits_from_features(features[: len(support)], features[len(support):], way)
+
+    def logits_from_features(self, support_features: torch.Tensor, query_features: torch.Tensor,
+                             way: int) -> torch.Tensor:
+        """Class logits [NQ, way] from per-frame features [N, T, Df] (class-major support)."""
         similarity = self.head(query_features, support_features)  # [NQ, NS]
-        shot = support.shape[0] // way
+        shot = support_features.shape[0] // way
         # c(V, k): mean similarity to the class's support videos
-        return similarity.view(len(query), way, shot).mean(-1)
+        return similarity.view(len(query_features), way, shot).mean(-1)
 
     def alignment_maps(self, support: torch.Tensor, query: torch.Tensor):
         features = self.frame_features(torch.cat([support, query]))
