@@ -249,3 +249,35 @@ def test_train_cli_names_bad_videos(tmp_path, capsys):
     (root / "class_3" / "junk.webm").write_bytes(b"not a video at all")
     assert _train(root, tmp_path / "run") == 2
     assert "junk.webm: unreadable" in capsys.readouterr().err
+
+
+# ---- decoder choice --------------------------------------------------------------------------------
+def test_choose_decoder(video_root, frame_root, monkeypatch):
+    from tap_fast.data import select_decoder as sd
+
+    videos = build_dataset_index(video_root, split_dir=video_root / "splits").index
+    frames = build_dataset_index(frame_root, split_dir=frame_root / "splits").index
+    monkeypatch.setattr(sd, "dali_version", lambda: "9.9")
+    assert sd.choose_decoder("auto", videos, cuda=True)[0] == "dali-gpu"
+    assert sd.choose_decoder("auto", frames, cuda=True)[0] == "dali-gpu"
+    assert sd.choose_decoder("auto", frames, cuda=False)[0] == "pil"
+    name, reason = sd.choose_decoder("auto", videos, cuda=False)
+    assert name == "pyav" and "fits" in reason  # tiny set: decoded once, then cached
+    monkeypatch.setattr(sd, "CACHE_FITS_BYTES", 0)
+    name, reason = sd.choose_decoder("auto", videos, cuda=False)
+    assert name == "dali-cpu" and "vp9" in reason
+    monkeypatch.setattr(sd, "probe_codecs", lambda index: {"h264"})
+    assert sd.choose_decoder("auto", videos, cuda=False)[0] == "pyav"
+    with pytest.raises(ValueError, match="dali-cpu reads only .* this dataset has \\['h264'\\]"):
+        sd.choose_decoder("dali-cpu", videos, cuda=False)
+    with pytest.raises(ValueError, match="dali-gpu needs a CUDA GPU"):
+        sd.choose_decoder("dali-gpu", videos, cuda=False)
+    with pytest.raises(ValueError, match="pil reads frame folders"):
+        sd.choose_decoder("pil", videos, cuda=False)
+    with pytest.raises(ValueError, match="pyav reads video files"):
+        sd.choose_decoder("pyav", frames, cuda=False)
+    with pytest.raises(ValueError, match="not one of"):
+        sd.choose_decoder("ffmpeg", videos)
+    monkeypatch.setattr(sd, "dali_version", lambda: None)
+    with pytest.raises(ValueError, match="needs NVIDIA DALI"):
+        sd.choose_decoder("dali-cpu", frames, cuda=False)
