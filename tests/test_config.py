@@ -34,3 +34,12 @@ def test_accuracy_summary_has_a_95_percent_interval():
     assert summary.ci95 == pytest.approx(1.96 * 50.251 / 10, rel=1e-3)
     with pytest.raises(ValueError):
         summarize_accuracies([])
+
+
+def test_train_cli_names_bad_choices(capsys):
+    from tap_fast.train import main
+
+    assert main(["--preset", "kinetics", "--no-progress"]) == 2
+    assert "unknown preset 'kinetics'" in capsys.readouterr().err
+    assert main(["--way", "1", "--no-progress"]) == 2
+    assert "--way must be >= 2" in capsys.readouterr().err
