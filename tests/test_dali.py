@@ -11,8 +11,8 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
 
-from tap_fast.data.dali_pipeline import DaliEpisodeLoader, build_pipeline  # noqa: E402
-from tap_fast.data.decode import decode_video  # noqa: E402
+from tap_fast.data.dali_pipeline import DaliEpisodeLoader, DaliVideoDecoder, build_pipeline  # noqa: E402
+from tap_fast.data.decode import VideoDecodeError, decode_video  # noqa: E402
 from tap_fast.data.episodes import EpisodeDataset  # noqa: E402
 from tap_fast.data.formats import build_dataset_index  # noqa: E402
 from tap_fast.data.frame_folder_decode import FrameFolderDecoder  # noqa: E402
@@ -36,27 +36,12 @@ def frame_index(tmp_path_factory):
     return build_dataset_index(root).index
 
 
-def _run_raw_video(paths, indices):
-    """DALI CPU decode of `indices` of each path, no resize/crop/normalise: uint8 [T, H, W, 3]."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=len(paths), num_threads=2, device_id=None)
-    def pipe():
-        enc, idx = fn.external_source(
-            source=lambda: ([np.fromfile(p, np.uint8) for p in paths], [np.asarray(i, np.int32) for i in indices]),
-            num_outputs=2, batch=True, dtype=[types.UINT8, types.INT32])
-        return fn.decoders.video(enc, frames=idx, device="cpu")
-
-    p = pipe()
-    (out,) = p.run()
-    return [np.asarray(out[i]) for i in range(len(paths))]
-
-
 def test_dali_cpu_video_matches_pyav_for_the_same_indices(video_index):
     records = video_index.records()[:4]
     indices = [[0, 5, 11], [11, 3, 3, 7], [2], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
-    dali = _run_raw_video([r.path for r in records], indices)
-    for r, idx, got in zip(records, indices, dali):
+    decoder = DaliVideoDecoder("cpu")
+    for r, idx in zip(records, indices):
+        got = decoder.decode(r.path, idx)
         ref = decode_video(r.path)[idx].astype(int)
         assert got.shape == ref.shape and got.dtype == np.uint8
         diff = np.abs(got.astype(int) - ref)
@@ -64,6 +49,18 @@ def test_dali_cpu_video_matches_pyav_for_the_same_indices(video_index):
         # the comparison can fail: other frames of the same clip are far off
         wrong = np.abs(got.astype(int) - decode_video(r.path)[[(i + 4) % 12 for i in idx]].astype(int))
         assert wrong.mean() > 3 * MEAN_TOL
+
+
+def test_dali_video_decoder_names_bad_files(video_index, tmp_path):
+    decoder = DaliVideoDecoder("cpu")
+    junk = tmp_path / "junk.webm"
+    junk.write_bytes(b"not a video" * 100)
+    with pytest.raises(VideoDecodeError, match="junk.webm"):
+        decoder.decode(junk, [0])
+    with pytest.raises(FileNotFoundError, match="gone.webm"):
+        decoder.decode(tmp_path / "gone.webm", [0])
+    good = video_index.records()[0].path
+    assert decoder.decode(good, [1, 2]).shape == (2, 48, 64, 3)  # usable again after an error
 
 
 def test_episode_loader_matches_cpu_episode_dataset_in_test_mode(video_index):

@@ -57,8 +57,16 @@ def episode_dataset(config, index: DatasetIndex, split: str, shot: int, train: b
     from .frame_folder_decode import FrameFolderDecoder
     from .select_decoder import dataset_kind
 
-    if decoder is None:  # a CPU decoder for the layout (plots and tools call this directly)
-        decoder = FrameFolderDecoder() if dataset_kind(index) == "frames" else CachedDecoder()
+    if decoder is None:  # one clip at a time (evaluation's feature cache, plots): per layout and choice
+        if dataset_kind(index) == "frames":
+            decoder = FrameFolderDecoder()
+        elif pick_decoder(config, index) in ("dali-cpu", "dali-gpu"):
+            from .dali_pipeline import DaliVideoDecoder
+
+            device = "gpu" if pick_decoder(config, index) == "dali-gpu" else "cpu"
+            decoder = DaliVideoDecoder(device, device_id=torch.cuda.current_device() if device == "gpu" else 0)
+        else:
+            decoder = CachedDecoder()
     transform = ClipTransform(resize=config.resize, crop=config.crop, train=train, flip=config.flip and train)
     return EpisodeDataset(
         index, split, way=config.way, shot=shot, query=config.query, frames=config.frames,

@@ -178,3 +178,56 @@ class DaliEpisodeLoader:
                 }
         finally:
             del it, pipe
+
+
+class DaliVideoDecoder:
+    """VideoDecoder (decode(path, indices) -> uint8 [T, H, W, 3] numpy) backed by DALI, one clip
+    per call: decodes only the requested frames (NVDEC on "gpu", libavcodec VP8/VP9/MJPEG on "cpu").
+
+    For callers that want one clip at a time (evaluation's per-video feature cache); training uses
+    DaliEpisodeLoader, which batches and prefetches. Not picklable: use it in the main process.
+    """
+
+    def __init__(self, device: str = "cpu", device_id: int = 0, num_threads: int = 2):
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        if device == "gpu" and not torch.cuda.is_available():
+            raise ValueError("DaliVideoDecoder(device='gpu') needs a CUDA GPU; none is visible")
+        self.device, self.device_id, self.num_threads = device, device_id, num_threads
+        self._pipe = None
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        @pipeline_def(batch_size=1, num_threads=self.num_threads, prefetch_queue_depth=1,
+                      device_id=self.device_id if self.device == "gpu" else None)
+        def pipeline():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            indices = fn.external_source(name="indices", dtype=types.INT32, ndim=1)
+            return fn.decoders.video(encoded, frames=indices, device="mixed" if self.device == "gpu" else "cpu")
+
+        self._pipe = pipeline()
+        self._pipe.build()
+
+    def decode(self, path, indices) -> np.ndarray:
+        from .decode import FrameIndexError, VideoDecodeError
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"video file not found: {path}")
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"frame indices must be a 1-D sequence of ints, got {idx.dtype} with shape {idx.shape}")
+        if idx.size and idx.min() < 0:
+            raise FrameIndexError(path, int(idx.min()), -1)
+        if self._pipe is None:
+            self._build()
+        self._pipe.feed_input("encoded", [_read_bytes(path)])
+        self._pipe.feed_input("indices", [idx.astype(np.int32)])
+        try:
+            (out,) = self._pipe.run()
+        except RuntimeError as e:
+            self._pipe = None  # a failed run leaves the pipeline unusable: rebuild on the next call
+            raise VideoDecodeError(path, f"DALI: {str(e).splitlines()[0]}") from e
+        if self.device == "gpu":
+            out = out.as_cpu()
+        return np.asarray(out[0])
