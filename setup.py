@@ -123,7 +123,11 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark"],
+        # DALI: GPU (and VP9/MJPEG CPU) decoding; the tests compare its CPU pipeline with PyAV
+        "dali": ["nvidia-dali-cuda130"],
+        "test": ["pytest", "pytest-benchmark", "nvidia-dali-cuda130"],
+        # pysdtw: the soft-DTW baseline our extension is benchmarked against
+        "bench": ["pytest-benchmark", "pysdtw"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
