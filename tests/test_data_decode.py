@@ -15,7 +15,7 @@ from tap_fast.data.synthetic import ensure_synthetic_dataset
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     p = ensure_synthetic_dataset(tmp_path_factory.mktemp("syn"), videos_per_class=2, frames=16,
-                                 families=["square_scale"], workers=1, progress=False)
+                                 families=["triangle_horizontal"], workers=1, progress=False)
     return [r.path for r in DatasetIndex.load(p)]
 
 

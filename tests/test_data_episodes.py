@@ -15,7 +15,7 @@ from tap_fast.data.transforms import ClipTransform
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     p = ensure_synthetic_dataset(tmp_path_factory.mktemp("syn"), videos_per_class=3, frames=16,
-                                 families=["disc_horizontal", "square_horizontal"], workers=1, progress=False)
+                                 families=["disc_horizontal"], workers=1, progress=False)
     return DatasetIndex.load(p)
 
 

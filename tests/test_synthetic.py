@@ -11,8 +11,8 @@ import pytest
 from tap_fast.data.decode import decode_video
 from tap_fast.data.index import DatasetIndex
 from tap_fast.data.synthetic import (
-    MOTIONS, ORDERS, SYNTHETIC_CLASSES, SYNTHETIC_FAMILIES, _order_u, dataset_dir_name, ensure_synthetic_dataset,
-    render_clip, sample_nuisance, time_reversed_twin, write_webm,
+    BASIC_ORDERS, GENERATOR_VERSION, MOTIONS, ORDERS, SYNTHETIC_CLASSES, SYNTHETIC_FAMILIES, _order_u,
+    dataset_dir_name, ensure_synthetic_dataset, render_clip, sample_nuisance, time_reversed_twin, write_webm,
 )
 
 TINY = dict(videos_per_class=3, frames=16, families=["disc_horizontal", "cross_horizontal"], progress=False)
@@ -24,29 +24,53 @@ def tiny(tmp_path_factory):
 
 
 def test_class_table_families_and_splits():
-    assert len(SYNTHETIC_CLASSES) >= 100 and len(SYNTHETIC_FAMILIES) == 25
+    assert len(SYNTHETIC_CLASSES) == 100 and len(SYNTHETIC_FAMILIES) == 13
     fam_split = {}
     for fam, members in SYNTHETIC_FAMILIES.items():
-        assert [c.order for c in members] == list(ORDERS)
+        assert [c.order for c in members] in (list(ORDERS), list(BASIC_ORDERS))
         assert len({(c.shape, c.motion, c.split) for c in members}) == 1  # one look, one split per family
-        fam_split[fam] = members[0].split
-    assert Counter(fam_split.values()) == {"train": 16, "val": 3, "test": 6}
+        assert all(c.description for c in members) and len({c.description for c in members}) == len(members)
+        fam_split[fam] = (members[0].split, len(members))
+    # train 8 x 8, val 1 x 8 + 1 x 4 (the basic orders), test 3 x 8
+    assert Counter(fam_split.values()) == {("train", 8): 8, ("val", 8): 1, ("val", 4): 1, ("test", 8): 3}
     assert Counter(c.split for c in SYNTHETIC_CLASSES.values()) == {"train": 64, "val": 12, "test": 24}
-    train_motions = {c.motion for c in SYNTHETIC_CLASSES.values() if c.split == "train"}
-    assert {c.motion for c in SYNTHETIC_CLASSES.values()} == train_motions == set(MOTIONS)
+    train = [c for c in SYNTHETIC_CLASSES.values() if c.split == "train"]
+    assert {c.motion for c in SYNTHETIC_CLASSES.values()} == {c.motion for c in train} == set(MOTIONS)
+    for c in SYNTHETIC_CLASSES.values():
+        if c.split != "train":  # neither the motion nor the shape alone identifies a held-out family
+            assert any(t.motion == c.motion and t.shape != c.shape for t in train), c.name
+            assert any(t.shape == c.shape and t.motion != c.motion for t in train), c.name
     for name in SYNTHETIC_CLASSES:
         twin = time_reversed_twin(name)
         assert SYNTHETIC_CLASSES[twin].family == SYNTHETIC_CLASSES[name].family
         assert time_reversed_twin(twin) == name
+    assert time_reversed_twin("disc_left_to_right_twice") == "disc_right_to_left_twice"
+    assert time_reversed_twin("disc_left_right_left_twice") == "disc_left_right_left_twice"  # palindrome
 
 
 def test_orders_share_the_distribution_of_u():
-    # the motion parameter (position, size, angle, ...) is uniform over time for every order:
-    # one frame, or the mean over frames, does not tell the orders of a family apart
-    s = np.linspace(0, 1, 100001)
-    ref = np.sort(_order_u("forward", s))
+    # the motion parameter (position, size, angle, ...) is uniform over the motion for every
+    # order: one frame, or the mean over frames, does not tell the orders of a family apart
+    s = np.linspace(0, 1, 200001)
+    bins = np.linspace(0, 1, 21)
+    ref = np.histogram(s, bins)[0] / len(s)
+    us = {}
     for order in ORDERS:
-        np.testing.assert_allclose(np.sort(_order_u(order, s)), ref, atol=1e-4)
+        us[order] = _order_u(order, s)
+        assert us[order].min() >= 0 and us[order].max() <= 1
+        np.testing.assert_allclose(np.histogram(us[order], bins)[0] / len(s), ref, atol=1e-4, err_msg=order)
+        np.testing.assert_allclose(np.sort(us[order]), s, atol=1e-4, err_msg=order)
+    # ... while the orders themselves are all different paths
+    for o1 in ORDERS:
+        for o2 in ORDERS:
+            if o1 < o2 and {o1, o2} not in ({"forward", "backward"}, {"twice_forward", "twice_backward"}):
+                assert np.abs(us[o1] - us[o2]).mean() > 0.1, (o1, o2)
+    # the double orders really go twice (u crosses 1/2 upwards twice)
+    for order, ups in (("forward", 1), ("twice_forward", 2), ("out_back_twice", 2), ("back_out_twice", 2)):
+        up = (us[order][:-1] < 0.5) & (us[order][1:] >= 0.5)
+        assert up.sum() == ups, order
+    with pytest.raises(ValueError, match="unknown order"):
+        _order_u("sideways", s)
 
 
 def test_render_deterministic_and_seed_dependent():
@@ -61,6 +85,7 @@ def test_render_moves_the_shape():
     # consecutive frames differ during the motion (the class is visible), all orders differ
     nz = sample_nuisance(np.random.default_rng(0), "disc", 16, 64)
     clips = {o.order: render_clip(o.name, nz) for o in SYNTHETIC_FAMILIES["disc_horizontal"]}
+    assert set(clips) == set(ORDERS)
     fwd = clips["forward"].astype(int)
     assert np.abs(fwd[-1] - fwd[0]).mean() > 2
     for o1 in ORDERS:
@@ -69,10 +94,12 @@ def test_render_moves_the_shape():
                 assert np.abs(clips[o1].astype(int) - clips[o2]).mean() > 1, (o1, o2)
 
 
-@pytest.mark.parametrize("family", ["square_vertical", "tee_rotation", "square_orbit", "disc_scale"])
-def test_time_reversed_twin_is_the_reversed_clip(tmp_path, family):
-    fwd, bwd = SYNTHETIC_FAMILIES[family][0].name, SYNTHETIC_FAMILIES[family][1].name
-    assert time_reversed_twin(fwd) == bwd
+@pytest.mark.parametrize("family,order", [("cross_vertical", "forward"), ("tee_rotation", "forward"),
+                                          ("square_orbit", "twice_forward"), ("square_scale", "twice_forward")])
+def test_time_reversed_twin_is_the_reversed_clip(tmp_path, family, order):
+    fwd = next(c.name for c in SYNTHETIC_FAMILIES[family] if c.order == order)
+    bwd = time_reversed_twin(fwd)
+    assert SYNTHETIC_CLASSES[bwd].order == order.replace("forward", "backward")
     nz = sample_nuisance(np.random.default_rng(5), SYNTHETIC_CLASSES[fwd].shape, 16, 64)
     a, b = render_clip(fwd, nz), render_clip(bwd, nz)
     np.testing.assert_array_equal(a[::-1], b)  # exact before encoding
@@ -90,9 +117,10 @@ def test_tiny_dataset_layout_and_decodability(tiny):
     idx = DatasetIndex.load(tiny)
     assert idx.classes("train") == [c.name for c in SYNTHETIC_FAMILIES["disc_horizontal"]]
     assert idx.classes("test") == [c.name for c in SYNTHETIC_FAMILIES["cross_horizontal"]]
-    assert idx.classes("val") == [] and len(idx) == 8 * 3
+    assert idx.classes("val") == [] and len(idx) == 16 * 3
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["frames"] == 16 and manifest["videos_per_class"] == 3 and len(manifest["classes"]) == 8
+    assert manifest["frames"] == 16 and manifest["videos_per_class"] == 3 and len(manifest["classes"]) == 16
+    assert manifest["generator_version"] == GENERATOR_VERSION and f"-v{GENERATOR_VERSION}-" in root.name
     for r in idx:
         assert r.path.parent.name == r.class_name and r.num_frames == 16
         v = decode_video(r.path)
@@ -136,7 +164,7 @@ def test_cached_and_leftover_temp_dirs_cleaned(tiny):
 
 def test_incomplete_dir_is_not_used(tmp_path):
     # a directory without its manifest (the completeness marker) is never returned as ready
-    kw = dict(TINY, families=["disc_scale"], videos_per_class=1, frames=4)
+    kw = dict(TINY, families=["triangle_horizontal"], videos_per_class=1, frames=4)
     p = ensure_synthetic_dataset(tmp_path, workers=1, **kw)
     (p.parent / "manifest.json").unlink()
     with pytest.raises(FileExistsError, match="no manifest.json"):
@@ -156,16 +184,21 @@ def test_bad_arguments(tmp_path):
 def test_cli_list():
     out = subprocess.run([sys.executable, "-m", "tap_fast.data.synthetic", "--list"], capture_output=True,
                          text=True, check=True)
-    assert "disc_left_to_right" in out.stdout and "100 classes in 25 families" in out.stdout
+    assert "disc_left_to_right" in out.stdout and "100 classes in 13 families" in out.stdout
+    assert "disc_right_left_right_twice" in out.stdout
     assert "RuntimeWarning" not in out.stderr
 
 
-@pytest.mark.parametrize("family", ["disc_horizontal", "triangle_scale"])
-def test_only_the_order_separates_a_family(family):
-    # the benchmark's point: time-pooled frames are at chance within a family, ordered frames are not
+@pytest.mark.parametrize("family,ordered_min", [("disc_horizontal", 0.7), ("triangle_scale", 0.4)])
+def test_only_the_order_separates_a_family(family, ordered_min):
+    # the benchmark's point: time-pooled frames are near chance (1/8) within a family of 8 orders,
+    # the same frames kept in order (T = 8, as the models sample) are not. Raw-pixel 1-NN with
+    # strong nuisance: translations separate well, in-place size changes less so.
     feats = {"pooled": [], "ordered": []}
     labels = []
-    for ci, cls in enumerate(SYNTHETIC_FAMILIES[family]):
+    members = SYNTHETIC_FAMILIES[family]
+    assert len(members) == 8
+    for ci, cls in enumerate(members):
         for v in range(12):
             nz = sample_nuisance(np.random.default_rng([ci, v]), cls.shape, 16, 64)
             x = render_clip(cls.name, nz).astype(np.float32)[:, ::2, ::2].mean(-1)
@@ -180,5 +213,5 @@ def test_only_the_order_separates_a_family(family):
         f /= np.linalg.norm(f, axis=1, keepdims=True)
         sim = f @ f.T
         np.fill_diagonal(sim, -np.inf)
-        acc[k] = (labels[sim.argmax(1)] == labels).mean()  # leave-one-out 1-NN, chance 0.25
-    assert acc["pooled"] < 0.45 and acc["ordered"] > 0.6, acc
+        acc[k] = (labels[sim.argmax(1)] == labels).mean()  # leave-one-out 1-NN, chance 0.125
+    assert acc["pooled"] < 0.3 and acc["ordered"] > ordered_min and acc["ordered"] > 2 * acc["pooled"], acc

@@ -1,6 +1,6 @@
 """A tiny synthetic set and model for training tests (seconds on 2 CPU cores).
 
-Three families (one per split) of 4 classes, 3 videos each, 16 frames of 32 px; 3-way 1-shot,
+Three families (one per split: 8, 4 and 8 classes), 3 videos each, 16 frames of 32 px; 3-way 1-shot,
 T = 4, 28 px crops, a few thousand parameters. One dataset per pytest session (cached by name).
 """
 from __future__ import annotations

@@ -1,23 +1,30 @@
 """The embedded synthetic benchmark: procedural shape motions in which order matters.
 
-Classes come in FAMILIES of four. A family is one (shape, motion kind) pair, e.g. a disc moving
-horizontally; its four classes differ only in the temporal order of the same motion parameter
+Classes come in FAMILIES of eight. A family is one (shape, motion kind) pair, e.g. a disc moving
+horizontally; its classes differ only in the temporal order of the same motion parameter
 u in [0, 1] (position along the path, size, angle, brightness, ...):
 
-    forward        u = s                 e.g. left to right
-    backward       the forward clip played in reverse (its time-reversed twin), e.g. right to left
-    out_and_back   u = 1 - |2s - 1|      e.g. left -> right -> left
-    back_and_out   u = |2s - 1|          e.g. right -> left -> right
+    forward         u = s                     e.g. left to right
+    backward        forward played in reverse (its time-reversed twin), e.g. right to left
+    out_and_back    u = 1 - |2s - 1|          e.g. left -> right -> left
+    back_and_out    u = |2s - 1|              e.g. right -> left -> right
+    twice_forward   u = 2s mod 1 (sawtooth)   e.g. left to right, jump back, left to right
+    twice_backward  twice_forward reversed    e.g. right to left, jump back, right to left
+    out_back_twice  out_and_back at 2x rate   e.g. left -> right -> left -> right -> left
+    back_out_twice  back_and_out at 2x rate   e.g. right -> left -> right -> left -> right
 
-with s the progress of the motion. All four orders give u the same (uniform) distribution over
-time and share the same nuisance distribution, so one frame, or the mean of all frames, shows
-the family but hardly the class: only the order does. Families are assigned whole to a split
-(16/3/6 families -> 64/12/24 classes), so a meta-test query's same-looking rivals are in most
+with s the progress of the motion. All orders give u the same (uniform) distribution over the
+motion and share the same nuisance distribution, so one frame, or the mean of all frames, shows
+the family but hardly the class: only the order does. Families are assigned whole to a split:
+train 8 families x 8 orders = 64 classes, val 1 x 8 + 1 x 4 (the first four orders) = 12,
+test 3 x 8 = 24. In a 5-way test episode a query's same-looking rivals are then present in most
 episodes (see DESIGN.md, "The embedded benchmark").
 
-Per-video nuisance (independent of the class): motion duration 60-100% of the clip with a
-random start offset, path centre and extent jitter, shape size, shape and background colours,
-static background clutter, per-frame noise, and 1-2 distractor shapes (static or drifting).
+Per-video nuisance (independent of the class): motion duration 80-100% of the clip (the double
+orders must stay readable from T = 8 sampled frames; the same range for every order, so the
+duration is no cue) with a random start offset, path centre and extent jitter, shape size, shape
+and background colours, static background clutter, per-frame noise, and 1-2 distractor shapes
+(static or drifting).
 
 Files: VP9 .webm (PyAV, libvpx-vp9, yuv420p) under ``<dir>/videos/<class>/<nnn>.webm`` plus
 ``<dir>/index.jsonl`` (see index.py) and ``<dir>/manifest.json``. The dataset directory is
@@ -46,12 +53,17 @@ import numpy as np
 
 from .index import DatasetIndex, VideoRecord
 
-GENERATOR_VERSION = 1
-ORDERS = ("forward", "backward", "out_and_back", "back_and_out")
+GENERATOR_VERSION = 2  # v2: families of 8 orders, motion covers 80-100% of the clip
+ORDERS = ("forward", "backward", "out_and_back", "back_and_out",
+          "twice_forward", "twice_backward", "out_back_twice", "back_out_twice")
+BASIC_ORDERS = ORDERS[:4]  # a family may use only these (one val family does)
+# Orders rendered as another order's clip played backwards (exact time-reversed twins).
+_REVERSED_RENDERING = {"backward": "forward", "twice_backward": "twice_forward"}
 DEFAULT_FPS = 12
 VP9_OPTIONS = {"crf": "28", "b:v": "0", "deadline": "realtime", "cpu-used": "8", "threads": "1"}
 
-# Per motion kind: the class-name label of each order (same order as ORDERS) and a description.
+# Per motion kind: the class-name label of each basic order (same order as BASIC_ORDERS) and a
+# description. The double orders append "_twice" (e.g. left_right_left_twice = L->R->L->R->L).
 MOTIONS: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "horizontal": (("left_to_right", "right_to_left", "left_right_left", "right_left_right"),
                    "translates along a horizontal path"),
@@ -60,9 +72,6 @@ MOTIONS: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "diagonal": (("topleft_to_bottomright", "bottomright_to_topleft",
                   "topleft_bottomright_topleft", "bottomright_topleft_bottomright"),
                  "translates along the main diagonal"),
-    "antidiagonal": (("topright_to_bottomleft", "bottomleft_to_topright",
-                      "topright_bottomleft_topright", "bottomleft_topright_bottomleft"),
-                     "translates along the anti-diagonal"),
     "scale": (("growing", "shrinking", "grow_then_shrink", "shrink_then_grow"),
               "stays in place and changes size"),
     "rotation": (("rotating_clockwise", "rotating_counterclockwise", "rotating_cw_then_ccw",
@@ -74,23 +83,21 @@ MOTIONS: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "stretch": (("lengthening", "shortening", "lengthen_then_shorten", "shorten_then_lengthen"),
                 "stays in place and changes length"),
 }
+_ORDER_WORDS = {"twice_forward": "twice in a row, jumping back to the start in between",
+                "twice_backward": "twice in a row, jumping back to the start in between",
+                "out_back_twice": "twice in a row", "back_out_twice": "twice in a row"}
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar", "tee")
 
-# (shape, motion, split). Every motion kind of val/test also appears in train with other shapes.
-_FAMILY_TABLE: tuple[tuple[str, str, str], ...] = (
-    ("disc", "horizontal", "train"), ("square", "horizontal", "train"),
-    ("triangle", "horizontal", "val"), ("cross", "horizontal", "test"),
-    ("disc", "vertical", "train"), ("square", "vertical", "test"),
-    ("ring", "vertical", "train"), ("bar", "vertical", "train"),
-    ("square", "diagonal", "train"), ("disc", "diagonal", "test"), ("triangle", "diagonal", "train"),
-    ("ring", "antidiagonal", "train"), ("cross", "antidiagonal", "val"),
-    ("disc", "scale", "train"), ("square", "scale", "train"), ("triangle", "scale", "test"),
-    ("ring", "scale", "train"),
-    ("bar", "rotation", "train"), ("triangle", "rotation", "train"), ("tee", "rotation", "test"),
-    ("disc", "brightness", "train"), ("square", "brightness", "val"),
-    ("disc", "orbit", "train"), ("square", "orbit", "test"),
-    ("bar", "stretch", "train"),
+# (shape, motion, split, number of orders). Every motion kind of val/test also appears in train
+# with another shape, and every val/test shape appears in train with another motion, so neither
+# alone identifies a family (and within a family the shape is shared by all classes).
+_FAMILY_TABLE: tuple[tuple[str, str, str, int], ...] = (
+    ("disc", "horizontal", "train", 8), ("cross", "vertical", "train", 8), ("tee", "diagonal", "train", 8),
+    ("square", "scale", "train", 8), ("bar", "rotation", "train", 8), ("triangle", "brightness", "train", 8),
+    ("ring", "orbit", "train", 8), ("bar", "stretch", "train", 8),
+    ("square", "orbit", "val", 8), ("triangle", "horizontal", "val", 4),
+    ("cross", "horizontal", "test", 8), ("triangle", "scale", "test", 8), ("tee", "rotation", "test", 8),
 )
 
 
@@ -105,29 +112,41 @@ class SyntheticClass:
     description: str
 
 
+def _order_label(basic_labels: Sequence[str], order: str) -> str:
+    i = ORDERS.index(order)
+    return basic_labels[i] if i < 4 else basic_labels[i - 4] + "_twice"
+
+
 def _build_families() -> dict[str, tuple[SyntheticClass, ...]]:
     out = {}
-    for shape, motion, split in _FAMILY_TABLE:
+    for shape, motion, split, n_orders in _FAMILY_TABLE:
         labels, what = MOTIONS[motion]
         fam = f"{shape}_{motion}"
-        out[fam] = tuple(
-            SyntheticClass(f"{shape}_{label}", fam, shape, motion, order, split,
-                           f"a {shape} {what}: {label.replace('_', ' ')}")
-            for order, label in zip(ORDERS, labels))
+        members = []
+        for order in ORDERS[:n_orders]:
+            label = _order_label(labels, order)
+            words = labels[ORDERS.index(order) % 4].replace("_", " ")
+            if order in _ORDER_WORDS:
+                words += f", {_ORDER_WORDS[order]}"
+            members.append(SyntheticClass(f"{shape}_{label}", fam, shape, motion, order, split,
+                                          f"a {shape} {what}: {words}"))
+        out[fam] = tuple(members)
     return out
 
 
-#: family name -> its classes (4 each), in a fixed order. 25 families, 100 classes, 64/12/24.
+#: family name -> its classes (8, or the 4 basic orders), in ORDERS order. 13 families,
+#: 100 classes, 64/12/24.
 SYNTHETIC_FAMILIES: dict[str, tuple[SyntheticClass, ...]] = _build_families()
 #: class name -> SyntheticClass.
 SYNTHETIC_CLASSES: dict[str, SyntheticClass] = {c.name: c for f in SYNTHETIC_FAMILIES.values() for c in f}
+_TWIN_ORDER = {**_REVERSED_RENDERING, **{v: k for k, v in _REVERSED_RENDERING.items()}}
 
 
 def time_reversed_twin(class_name: str) -> str:
     """The class whose clips are this class's clips played backwards (palindromic orders are
     their own reversal)."""
     c = _lookup_class(class_name)
-    twin_order = {"forward": "backward", "backward": "forward"}.get(c.order, c.order)
+    twin_order = _TWIN_ORDER.get(c.order, c.order)
     return next(k.name for k in SYNTHETIC_FAMILIES[c.family] if k.order == twin_order)
 
 
@@ -150,7 +169,7 @@ class Nuisance:
     frames: int
     size: int
     motion_start: float      # frame where the motion starts
-    motion_frames: float     # its duration in frames (60-100% of the clip)
+    motion_frames: float     # its duration in frames (80-100% of the clip)
     centre: tuple[float, float]
     extent: float            # path length / size range / orbit radius, in pixels
     shape_size: float        # half-size of the shape, pixels
@@ -173,7 +192,7 @@ def sample_nuisance(rng: np.random.Generator, shape: str, frames: int = 32, size
     """Draw one clip's nuisance. `shape` is the class's shape (distractors use other shapes)."""
     scale = size / 64.0
     span = frames - 1
-    duration = rng.uniform(0.6, 1.0) * span
+    duration = rng.uniform(0.8, 1.0) * span
     start = rng.uniform(0.0, span - duration)
     centre = (size / 2 + rng.uniform(-5, 5) * scale, size / 2 + rng.uniform(-5, 5) * scale)
     extent = rng.uniform(30, 40) * scale
@@ -250,13 +269,29 @@ def _draw(canvas: np.ndarray, shape: str, cx: float, cy: float, r: float, angle:
     canvas += cover * np.asarray(rgb, np.float32)
 
 
+def _triangle_wave(x: np.ndarray) -> np.ndarray:
+    """0 -> 1 -> 0 over each unit interval of x (x >= 0)."""
+    return 1.0 - np.abs(2.0 * (x - np.floor(x)) - 1.0)
+
+
 def _order_u(order: str, s: np.ndarray) -> np.ndarray:
-    if order in ("forward", "backward"):  # backward is rendered forward, then reversed in time
+    """The motion parameter u over the motion's progress s in [0, 1]. Every order maps a uniform
+    s to a uniform u (the same occupancy of positions/sizes/angles)."""
+    s = np.asarray(s, np.float64)
+    if order in _REVERSED_RENDERING:  # rendered as its twin, then reversed in time
+        order = _REVERSED_RENDERING[order]
+    if order == "forward":
         return s
     if order == "out_and_back":
         return 1.0 - np.abs(2.0 * s - 1.0)
     if order == "back_and_out":
         return np.abs(2.0 * s - 1.0)
+    if order == "twice_forward":  # sawtooth; ends at 1 like forward, so the hold after it matches
+        return np.where(s <= 0.5, 2.0 * s, 2.0 * s - 1.0)
+    if order == "out_back_twice":
+        return _triangle_wave(2.0 * s)
+    if order == "back_out_twice":
+        return 1.0 - _triangle_wave(2.0 * s)
     raise ValueError(f"unknown order {order!r}")
 
 
@@ -286,8 +321,6 @@ def render_clip(class_name: str, nuisance: Nuisance) -> np.ndarray:
             cy = cy0 + (uf - 0.5) * 2 * half
         elif cls.motion == "diagonal":
             cx, cy = cx0 + (uf - 0.5) * 2 * half / math.sqrt(2), cy0 + (uf - 0.5) * 2 * half / math.sqrt(2)
-        elif cls.motion == "antidiagonal":
-            cx, cy = cx0 - (uf - 0.5) * 2 * half / math.sqrt(2), cy0 + (uf - 0.5) * 2 * half / math.sqrt(2)
         elif cls.motion == "scale":
             r = nz.shape_size * (0.4 + 1.1 * uf)
         elif cls.motion == "rotation":
@@ -309,7 +342,7 @@ def render_clip(class_name: str, nuisance: Nuisance) -> np.ndarray:
         if nz.noise_std > 0:
             canvas += noise_rng.normal(0.0, nz.noise_std, canvas.shape).astype(np.float32)
         out[f] = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if cls.order == "backward":
+    if cls.order in _REVERSED_RENDERING:
         out = out[::-1].copy()
     return out
 
@@ -484,11 +517,11 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
 def class_table() -> str:
     """A text table of all families and classes (for --list and the README)."""
     lines = [f"{len(SYNTHETIC_CLASSES)} classes in {len(SYNTHETIC_FAMILIES)} families "
-             f"(orders: {', '.join(ORDERS)}; 'backward' is the forward clip reversed)"]
+             f"(orders: {', '.join(ORDERS)}; 'backward' and 'twice_backward' are the forward clips reversed)"]
     for fam, members in SYNTHETIC_FAMILIES.items():
         lines.append(f"[{members[0].split:5s}] {fam}: {MOTIONS[members[0].motion][1]}")
         for c in members:
-            lines.append(f"    {c.name:40s} {c.order}")
+            lines.append(f"    {c.name:42s} {c.order}")
     return "\n".join(lines)
 
 
