@@ -31,7 +31,8 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
 
 @torch.no_grad()
 def plot_alignment_example(model, config, index, device, path: Path, split: str = "test") -> Path:
-    """For one test query: P, S and P*S against a support of its class and of another class."""
+    """For one test query: P, S and P*S against a support of its class and of the closest other
+    class (the one the model scores highest: on the synthetic set usually a same-looking rival)."""
     from tap_fast.data.build import episode_dataset
 
     dataset = episode_dataset(config, index, split, shot=1, train=False, seed=config.seed + TEST_SEED_OFFSET)
@@ -39,25 +40,29 @@ def plot_alignment_example(model, config, index, device, path: Path, split: str 
     model.eval()
     query = batch["query"][:1].to(device)
     label = int(batch["query_labels"][0])
-    other = (label + 1) % len(batch["class_names"])
+    logits = model(batch["support"].to(device), query, len(batch["class_names"]))[0].float().cpu()
+    logits[label] = -float("inf")
+    other = int(logits.argmax())
     support = batch["support"][[label, other]].to(device)  # shot 1: support[c] is class c
     P, S = model.alignment_maps(support, query)
     S = S[0].float().cpu()
     P = None if P is None else P[0].float().cpu()
 
-    rows = [("S (cosine)", S, "RdBu_r", (-1, 1))]
-    if P is not None:
-        rows = [("P (alignment)", P, "viridis", (0, 1)), rows[0], ("P * S", P * S, "RdBu_r", (-1, 1))]
-    titles = [f"same class: {batch['class_names'][label]}", f"other class: {batch['class_names'][other]}"]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(7, 3.2 * len(rows)), squeeze=False)
-    for r, (name, maps, cmap, (lo, hi)) in enumerate(rows):
+    rows = [("S (cosine)", S)] if P is None else [("P (alignment)", P), ("S (cosine)", S), ("P * S", P * S)]
+    titles = [f"same class:\n{batch['class_names'][label]}", f"closest other class:\n{batch['class_names'][other]}"]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(8, 3.4 * len(rows)), squeeze=False)
+    for r, (name, maps) in enumerate(rows):
+        # each row on its own (shared) colour range: trained maps often vary within a narrow band
+        # that the full [0, 1] or [-1, 1] range would hide
+        lo, hi = float(maps.min()), float(maps.max()) + 1e-6
         for c in range(2):
             ax = axes[r][c]
-            image = ax.imshow(maps[c].numpy(), cmap=cmap, vmin=lo, vmax=hi)
-            ax.set(xlabel="support frame j", ylabel="query frame i",
-                   title=f"{name}\n{titles[c]}" if r == 0 else name)
+            image = ax.imshow(maps[c].numpy(), cmap="viridis", vmin=lo, vmax=hi)
+            ax.set_xlabel("support frame j")
+            ax.set_ylabel("query frame i")
+            ax.set_title(f"{name}, {titles[c]}" if r == 0 else name, fontsize=9)
             fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle(f"{config.head}: query of class {batch['class_names'][label]}")
+    fig.suptitle(f"{config.head} head: a test query of class {batch['class_names'][label]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
