@@ -74,6 +74,15 @@ def _common_dtype(x, y, weights, biases):
     return x, y, list(weights), list(biases), False
 
 
+def _prepare(x, y, weights, biases):
+    """Cast (under autocast) then validate; also returns the context the computation runs in."""
+    # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes
+    x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
+    widths = validate_tap_inputs(x, y, weights, biases)
+    precision = torch.autocast(x.device.type, enabled=False) if autocast else nullcontext()
+    return x, y, weights, biases, widths, precision
+
+
 def _prelude(x, y, weights, biases):
     d = x.shape[-1]
     w1 = weights[0]
@@ -96,10 +105,8 @@ def tap_scores(
 
     ``budget_bytes`` bounds the hidden activations per chunk of the torch backend.
     """
-    # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes
-    x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
-    widths = validate_tap_inputs(x, y, weights, biases)
-    with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
+    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases)
+    with precision:
         u, v, cos = _prelude(x, y, weights, biases)
         if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
             return (torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]) * cos).sum(dim=(-2, -1))
@@ -124,10 +131,8 @@ def tap_alignment(
     S is differentiable; P is computed without an autograd graph (memory-bounded, never storing the
     hidden activations).  Use tap_alignment_reference for a differentiable P on small inputs.
     """
-    # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes
-    x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
-    widths = validate_tap_inputs(x, y, weights, biases)
-    with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
+    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases)
+    with precision:
         u, v, cos = _prelude(x, y, weights, biases)
         with torch.no_grad():
             if len(weights) == 1:
