@@ -40,6 +40,9 @@ if _C is not None:
 
     def _setup_context(ctx, inputs, output):
         cost, gamma, variant = inputs
+        # R is saved state, not a result: without this autograd would fill a zero
+        # gradient of R's size (as large as the costs) on every backward.
+        ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(cost, output[1])
         ctx.gamma, ctx.variant = gamma, variant
 
@@ -77,9 +80,10 @@ def _check(cost, gamma, variant):
         raise ValueError(f"soft_dtw: gamma must be finite and > 0, got {gamma}")
     if variant not in _VARIANTS:
         raise ValueError(f"soft_dtw: variant must be one of {_VARIANTS}, got {variant!r}")
-    # One cheap reduction (NaN propagates into min/max; a host sync on GPU); skipped while
-    # torch.compile traces. isfinite().all() would cost three passes over the costs.
-    if not torch.compiler.is_compiling() and cost.numel() > 0:
+    # The CPU kernel checks finiteness while it loads the costs (same ValueError). Other
+    # devices: one cheap reduction (NaN propagates into min/max; a host sync on GPU);
+    # skipped while torch.compile traces.
+    if cost.device.type != "cpu" and not torch.compiler.is_compiling() and cost.numel() > 0:
         if not bool(torch.stack(torch.aminmax(cost.detach())).isfinite().all()):
             raise ValueError("soft_dtw: cost contains NaN or inf")
 

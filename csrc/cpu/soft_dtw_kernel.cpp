@@ -5,6 +5,15 @@
 // buffers, branch-free exp/log from lane_math.h). Tiles run in parallel with
 // at::parallel_for. The recursion structure lives in soft_dtw_common.h.
 //
+// R layout on the CPU: tile-major. The tile of pairs [b, b + lanes) occupies R's
+// elements [b * rows * cols, (b + lanes) * rows * cols) as [rows][cols][lanes], i.e.
+// exactly the lane-major rows the kernels compute, so the forward writes R in place
+// and the backward reads it in place (no transposes). R's shape stays [B, rows, cols]
+// (same size), but its contents are only meant for soft_dtw_backward on the CPU.
+//
+// Soft-min with two exps: with lo <= mid <= hi the three preds, exp((lo - lo) / g) = 1,
+// so z = 1 + exp((lo - mid) / g) + exp((lo - hi) / g).
+//
 // Backward is Blondel et al.'s E recursion in "push" form: walking the grid in
 // reverse, each cell s hands E_s * w_{s<-p} to its predecessors p, where the weights
 // w are the soft-min weights of the forward, recomputed from the saved R exactly as
@@ -16,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -38,6 +48,15 @@ struct Lanes<double> {
   static constexpr int L = 32;
 };
 
+// lo <= mid <= hi: the three preds sorted, lane-wise (+inf sorts last).
+template <typename T>
+SDTW_ALWAYS_INLINE void sort3(T a, T b, T c, T& lo, T& mid, T& hi) {
+  const T ab_lo = std::min(a, b), ab_hi = std::max(a, b);
+  lo = std::min(ab_lo, c);
+  hi = std::max(ab_hi, c);
+  mid = std::max(ab_lo, std::min(ab_hi, c));
+}
+
 // out = d + softmin_gamma(up, left, diag), lane-wise.
 template <typename T, int L>
 SDTW_ALWAYS_INLINE void softmin_cell(const T* __restrict__ up, const T* __restrict__ left,
@@ -45,10 +64,10 @@ SDTW_ALWAYS_INLINE void softmin_cell(const T* __restrict__ up, const T* __restri
                                      T* __restrict__ out, T gamma, T inv_gamma) {
 #pragma omp simd
   for (int k = 0; k < L; ++k) {
-    const T a = up[k], b = left[k], c = diag[k];
-    const T lo = std::min(a, std::min(b, c));
-    const T z = lane::exp_nonpos((lo - a) * inv_gamma) + lane::exp_nonpos((lo - b) * inv_gamma) +
-                lane::exp_nonpos((lo - c) * inv_gamma);
+    T lo, mid, hi;
+    sort3(up[k], left[k], diag[k], lo, mid, hi);
+    const T z = T(1) + lane::exp_nonpos((lo - mid) * inv_gamma) +
+                lane::exp_nonpos((lo - hi) * inv_gamma);
     out[k] = d[k] + lo - gamma * lane::log_1_3(z);
   }
 }
@@ -62,12 +81,16 @@ SDTW_ALWAYS_INLINE void push_cell(const T* __restrict__ up, const T* __restrict_
 #pragma omp simd
   for (int k = 0; k < L; ++k) {
     const T a = up[k], b = left[k], c = diag[k];
-    const T lo = std::min(a, std::min(b, c));
-    const T wa = lane::exp_nonpos((lo - a) * inv_gamma);
-    const T wb = lane::exp_nonpos((lo - b) * inv_gamma);
-    const T wc = lane::exp_nonpos((lo - c) * inv_gamma);
+    T lo, mid, hi;
+    sort3(a, b, c, lo, mid, hi);
+    const T w_mid = lane::exp_nonpos((lo - mid) * inv_gamma);
+    const T w_hi = lane::exp_nonpos((lo - hi) * inv_gamma);
+    // Each pred's weight by its rank (ties get equal weights either way).
+    const T wa = a <= lo ? T(1) : (a >= hi ? w_hi : w_mid);
+    const T wb = b <= lo ? T(1) : (b >= hi ? w_hi : w_mid);
+    const T wc = c <= lo ? T(1) : (c >= hi ? w_hi : w_mid);
     // 1 / z depends on R only: off the E dependency chain that runs along the row.
-    const T s = e[k] * (T(1) / (wa + wb + wc));
+    const T s = e[k] * (T(1) / (T(1) + w_mid + w_hi));
     e_up[k] += s * wa;
     e_left[k] += s * wb;
     e_diag[k] += s * wc;
@@ -98,13 +121,43 @@ SDTW_ALWAYS_INLINE void store_rows(const T* __restrict__ src, int width, int lan
   }
 }
 
-// One tile of `lanes` (<= L) pairs starting at cost/R/out already offset to it.
+// Tile-major R row <-> lane-major buffer, for a partial tile (lanes < L) whose R rows
+// have stride `lanes` (a full tile is used in place).
 template <typename T, int L>
-SDTW_ALWAYS_INLINE void forward_tile(const T* cost, T* R, T* out, int lanes, Grid g, T gamma) {
+SDTW_ALWAYS_INLINE void pack_row(const T* __restrict__ src, int cols, int lanes,
+                                 T* __restrict__ dst) {
+  for (int c = 0; c < cols; ++c)
+    for (int k = 0; k < L; ++k) dst[c * L + k] = k < lanes ? src[c * lanes + k] : T(0);
+}
+template <typename T, int L>
+SDTW_ALWAYS_INLINE void unpack_row(const T* __restrict__ src, int cols, int lanes,
+                                   T* __restrict__ dst) {
+  for (int c = 0; c < cols; ++c)
+    for (int k = 0; k < lanes; ++k) dst[c * lanes + k] = src[c * L + k];
+}
+
+// NaN when any entry of the lane-major buffer is NaN or +-inf (x * 0 is NaN then).
+template <typename T, int L>
+SDTW_ALWAYS_INLINE T nonfinite_probe(const T* __restrict__ buf, int n) {
+  T acc[L] = {};
+  for (int i = 0; i < n; ++i)
+#pragma omp simd
+    for (int k = 0; k < L; ++k) acc[k] += buf[i * L + k] * T(0);
+  T sum = 0;
+  for (int k = 0; k < L; ++k) sum += acc[k];
+  return sum;
+}
+
+// One tile of `lanes` (<= L) pairs starting at cost/R/out already offset to it.
+// Returns false when the tile's costs hold NaN or inf.
+template <typename T, int L>
+SDTW_ALWAYS_INLINE bool forward_tile(const T* cost, T* R, T* out, int lanes, Grid g, T gamma) {
   const T inf = std::numeric_limits<T>::infinity();
   const T inv_gamma = T(1) / gamma;
   const int rows = g.rows(), cols = g.cols();
-  const int64_t cost_stride = int64_t(g.n) * g.m, r_stride = int64_t(rows) * cols;
+  const int64_t cost_stride = int64_t(g.n) * g.m;
+  const int64_t row_len = int64_t(cols) * lanes;  // one tile-major R row
+  const bool in_place = lanes == L;
   std::vector<T> buf(size_t(2 * cols + g.m + 2) * L);
   T* prev = buf.data();
   T* cur = prev + size_t(cols) * L;
@@ -113,15 +166,19 @@ SDTW_ALWAYS_INLINE void forward_tile(const T* cost, T* R, T* out, int lanes, Gri
   T* zeros = infs + L;
   std::fill(infs, infs + L, inf);
   std::fill(zeros, zeros + L, T(0));
+  T probe = 0;
 
   // The row above the first computed one: standard's boundary row 0; for otam
   // there is none (row 0 reads only `left`), +inf keeps it out of every soft-min.
+  if (in_place && g.variant == kStandard) prev = R;
   for (int c = 0; c < cols; ++c)
     for (int k = 0; k < L; ++k) prev[c * L + k] = g.variant == kStandard ? g.row0(c, inf) : inf;
-  if (g.variant == kStandard) store_rows<T, L>(prev, cols, lanes, R, r_stride, 0);
+  if (!in_place && g.variant == kStandard) unpack_row<T, L>(prev, cols, lanes, R);
 
   for (int r = g.first_row(); r < rows; ++r) {
     load_rows<T, L>(cost, cost_stride, int64_t(g.cost_row(r)) * g.m, g.m, lanes, T(0), crow);
+    probe += nonfinite_probe<T, L>(crow, g.m);
+    if (in_place) cur = R + r * row_len;
     for (int k = 0; k < L; ++k) cur[k] = g.col0(r, inf);
     for (int c = 1; c < cols; ++c) {
       const int p = g.preds(r, c);
@@ -129,10 +186,11 @@ SDTW_ALWAYS_INLINE void forward_tile(const T* cost, T* R, T* out, int lanes, Gri
                          (p & kDiag) ? prev + (c - 1) * L : infs,
                          g.has_cost(c) ? crow + (c - 1) * L : zeros, cur + c * L, gamma, inv_gamma);
     }
-    store_rows<T, L>(cur, cols, lanes, R, r_stride, int64_t(r) * cols);
+    if (!in_place) unpack_row<T, L>(cur, cols, lanes, R + r * row_len);
     std::swap(prev, cur);
   }
   for (int k = 0; k < lanes; ++k) out[k] = prev[(cols - 1) * L + k];
+  return probe == T(0);
 }
 
 template <typename T, int L>
@@ -141,26 +199,33 @@ SDTW_ALWAYS_INLINE void backward_tile(const T* grad_out, const T* R, T* grad, in
   const T inf = std::numeric_limits<T>::infinity();
   const T inv_gamma = T(1) / gamma;
   const int rows = g.rows(), cols = g.cols();
-  const int64_t cost_stride = int64_t(g.n) * g.m, r_stride = int64_t(rows) * cols;
-  std::vector<T> buf(size_t(4 * cols + 1) * L);
-  T* r_cur = buf.data();
-  T* r_prev = r_cur + size_t(cols) * L;
-  T* e_cur = r_prev + size_t(cols) * L;
+  const int64_t cost_stride = int64_t(g.n) * g.m;
+  const int64_t row_len = int64_t(cols) * lanes;
+  const bool in_place = lanes == L;
+  std::vector<T> buf(size_t(5 * cols + 1) * L);
+  T* r_buf0 = buf.data();
+  T* r_buf1 = r_buf0 + size_t(cols) * L;
+  T* e_cur = r_buf1 + size_t(cols) * L;
   T* e_prev = e_cur + size_t(cols) * L;
-  T* infs = e_prev + size_t(cols) * L;
-  std::fill(infs, infs + L, inf);
+  T* inf_row = e_prev + size_t(cols) * L;  // otam row 0 has no row above
+  T* infs = inf_row;
+  std::fill(inf_row, inf_row + size_t(cols) * L + L, inf);
+  // Lane-major view of R row r (in place for a full tile, else packed into `spare`).
+  auto r_row = [&](int r, T* spare) -> const T* {
+    if (r < 0) return inf_row;
+    if (in_place) return R + r * row_len;
+    pack_row<T, L>(R + r * row_len, cols, lanes, spare);
+    return spare;
+  };
 
   // E is scaled by grad_out from the start: the recursion is linear in it.
   std::fill(e_cur, e_cur + size_t(cols) * L, T(0));
   for (int k = 0; k < L; ++k) e_cur[(cols - 1) * L + k] = k < lanes ? grad_out[k] : T(0);
-  load_rows<T, L>(R, r_stride, int64_t(rows - 1) * cols, cols, lanes, T(0), r_cur);
+  const T* r_cur = r_row(rows - 1, r_buf0);
 
   for (int r = rows - 1; r >= g.first_row(); --r) {
     std::fill(e_prev, e_prev + size_t(cols) * L, T(0));
-    if (r > 0)
-      load_rows<T, L>(R, r_stride, int64_t(r - 1) * cols, cols, lanes, T(0), r_prev);
-    else
-      std::fill(r_prev, r_prev + size_t(cols) * L, inf);  // otam row 0: no row above
+    const T* r_prev = r_row(r - 1, r_cur == r_buf0 ? r_buf1 : r_buf0);
     for (int c = cols - 1; c >= 1; --c) {
       const int p = g.preds(r, c);
       // A missing pred reads +inf, gets weight 0, and its E slot is never used.
@@ -171,22 +236,24 @@ SDTW_ALWAYS_INLINE void backward_tile(const T* grad_out, const T* R, T* grad, in
     // dR_final / dcost = E on the cells that read cost.
     store_rows<T, L>(e_cur + L, g.m, lanes, grad, cost_stride, int64_t(g.cost_row(r)) * g.m);
     std::swap(e_cur, e_prev);
-    std::swap(r_cur, r_prev);
+    r_cur = r_prev;
   }
 }
 
 // Tile loops, compiled once per instruction set so the lane loops use the widest
 // vectors the running CPU has (dispatch below); the bodies are the same templates.
 template <typename T>
-SDTW_ALWAYS_INLINE void forward_tiles(const T* cost, T* R, T* out, int64_t batch, int64_t t0,
+SDTW_ALWAYS_INLINE bool forward_tiles(const T* cost, T* R, T* out, int64_t batch, int64_t t0,
                                       int64_t t1, Grid g, T gamma) {
   constexpr int L = Lanes<T>::L;
   const int64_t cs = int64_t(g.n) * g.m, rs = int64_t(g.rows()) * g.cols();
+  bool finite = true;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t b = t * L;
     const int lanes = int(std::min<int64_t>(L, batch - b));
-    forward_tile<T, L>(cost + b * cs, R + b * rs, out + b, lanes, g, gamma);
+    finite &= forward_tile<T, L>(cost + b * cs, R + b * rs, out + b, lanes, g, gamma);
   }
+  return finite;
 }
 
 template <typename T>
@@ -202,13 +269,13 @@ SDTW_ALWAYS_INLINE void backward_tiles(const T* grad_out, const T* R, T* grad, i
 }
 
 #define SDTW_ISA_VARIANTS(NAME, TARGET)                                                        \
-  TARGET void forward_tiles_##NAME(const float* a, float* b, float* c, int64_t n, int64_t t0, \
+  TARGET bool forward_tiles_##NAME(const float* a, float* b, float* c, int64_t n, int64_t t0, \
                                    int64_t t1, Grid g, float gm) {                             \
-    forward_tiles<float>(a, b, c, n, t0, t1, g, gm);                                           \
+    return forward_tiles<float>(a, b, c, n, t0, t1, g, gm);                                    \
   }                                                                                            \
-  TARGET void forward_tiles_##NAME(const double* a, double* b, double* c, int64_t n,          \
+  TARGET bool forward_tiles_##NAME(const double* a, double* b, double* c, int64_t n,          \
                                    int64_t t0, int64_t t1, Grid g, double gm) {                \
-    forward_tiles<double>(a, b, c, n, t0, t1, g, gm);                                          \
+    return forward_tiles<double>(a, b, c, n, t0, t1, g, gm);                                   \
   }                                                                                            \
   TARGET void backward_tiles_##NAME(const float* a, const float* b, float* c, int64_t n,      \
                                     int64_t t0, int64_t t1, Grid g, float gm) {                \
@@ -242,7 +309,7 @@ Isa detect_isa() {
 const Isa kIsa = detect_isa();
 
 template <typename T>
-void run_forward(const T* cost, T* R, T* out, int64_t batch, int64_t t0, int64_t t1, Grid g,
+bool run_forward(const T* cost, T* R, T* out, int64_t batch, int64_t t0, int64_t t1, Grid g,
                  T gamma) {
   switch (kIsa) {
 #ifdef SDTW_HAVE_X86_VARIANTS
@@ -285,14 +352,17 @@ std::tuple<at::Tensor, at::Tensor> soft_dtw_forward_cpu(const at::Tensor& cost_i
   at::Tensor R = at::empty({batch, g.rows(), g.cols()}, cost.options());
   at::Tensor out = at::empty({batch}, cost.options());
   if (batch == 0) return {out, R};
+  std::atomic<bool> finite{true};
   AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "soft_dtw_forward_cpu", [&] {
     const scalar_t* c = cost.const_data_ptr<scalar_t>();
     scalar_t* r = R.mutable_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, num_tiles(batch, cost.scalar_type()), 1, [&](int64_t t0, int64_t t1) {
-      run_forward<scalar_t>(c, r, o, batch, t0, t1, g, scalar_t(gamma));
+      if (!run_forward<scalar_t>(c, r, o, batch, t0, t1, g, scalar_t(gamma))) finite = false;
     });
   });
+  // Checked here, as a by-product of loading the costs, instead of a separate pass.
+  TORCH_CHECK_VALUE(finite.load(), "soft_dtw: cost contains NaN or inf");
   return {out, R};
 }
 
