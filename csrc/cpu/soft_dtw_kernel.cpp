@@ -99,9 +99,11 @@ SDTW_ALWAYS_INLINE void push_cell(const T* __restrict__ up, const T* __restrict_
 
 // Copies row `row` of each of the tile's pairs ([B, rows, width] tensor data) into a
 // lane-major buffer [width][L]; lanes past the batch get `fill`.
+// Kept out of line, hence compiled for the baseline ISA: inlined into the AVX-512
+// loops GCC turns the strided stores into scatters, slower than plain scalar code.
 template <typename T, int L>
-SDTW_ALWAYS_INLINE void load_rows(const T* base, int64_t pair_stride, int64_t row_offset,
-                                  int width, int lanes, T fill, T* __restrict__ dst) {
+__attribute__((noinline)) void load_rows(const T* base, int64_t pair_stride, int64_t row_offset,
+                                         int width, int lanes, T fill, T* __restrict__ dst) {
   for (int k = 0; k < L; ++k) {
     const T* src = base + k * pair_stride + row_offset;
     if (k < lanes) {
@@ -112,6 +114,8 @@ SDTW_ALWAYS_INLINE void load_rows(const T* base, int64_t pair_stride, int64_t ro
   }
 }
 
+// Inlined: here the vector form is gathers from the (L1-resident) lane-major buffer
+// and contiguous stores, which beats scalar code.
 template <typename T, int L>
 SDTW_ALWAYS_INLINE void store_rows(const T* __restrict__ src, int width, int lanes, T* base,
                                    int64_t pair_stride, int64_t row_offset) {
