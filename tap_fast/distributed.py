@@ -8,6 +8,8 @@ is a single process and nothing here talks to a process group. NCCL on GPUs, glo
 """
 from __future__ import annotations
 
+import gc
+
 import os
 from dataclasses import dataclass
 
@@ -67,8 +69,19 @@ def _single_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cleanup() -> None:
+def cleanup(graceful: bool = True) -> None:
+    """Leave the process group cleanly.
+
+    DDP objects sit in reference cycles, so without a collection they would die during interpreter
+    shutdown, where gloo's worker threads releasing their tensors abort the process ("terminate
+    called without an active exception"). Collect them while Python is alive, let every rank
+    finish its pending collectives (barrier), then destroy the group. After an error (graceful=False)
+    skip the barrier: the other ranks may be waiting in another collective.
+    """
     if dist.is_initialized():
+        gc.collect()
+        if graceful:
+            dist.barrier()
         dist.destroy_process_group()
 
 

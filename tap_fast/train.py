@@ -180,10 +180,14 @@ def train(config: TrainConfig, options: RunOptions | bool = True) -> dict:
     validate_config(config)
     ctx = distributed.setup(config.device)
     try:
-        return _train(config, options, ctx)
-    finally:
+        summary = _train(config, options, ctx)
+    except BaseException:
         if ctx.owns_group:
-            distributed.cleanup()
+            distributed.cleanup(graceful=False)
+        raise
+    if ctx.owns_group:
+        distributed.cleanup()
+    return summary
 
 
 def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContext) -> dict:

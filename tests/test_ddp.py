@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tap_fast import distributed
 from tap_fast.config import TrainConfig
 from tap_fast.models import build_model
 from tap_fast.run_log import read_log
@@ -39,7 +40,7 @@ def _rank(rank: int, world: int, init_file: str, uninterrupted: dict, interrupte
         summary = train(config, RunOptions(progress=False, resume="auto"))
         torch.save(summary["final_state_dict"], os.path.join(out, f"resumed-rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        distributed.cleanup()
 
 
 @pytest.fixture(scope="module")
