@@ -88,6 +88,35 @@ def test_forward_and_grad_match_reference(variant, gamma, dtype):
         torch.testing.assert_close(x.grad.double(), ref_in.grad, **TOL[dtype])
 
 
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_several_tiles_and_threads_match_reference(threads, variant, dtype):
+    """Batch 150: several CPU tiles (64 / 32 lanes) with a partial last one, split over
+    threads; a NaN in a tile that a worker thread runs is still reported."""
+    gen = torch.Generator().manual_seed(11)
+    batch, n, m = 150, 9, 7
+    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
+    ref_in = cost.clone().requires_grad_()
+    ref = soft_dtw_reference(ref_in, 0.1, variant)
+    weights = torch.rand(batch, generator=gen, dtype=torch.float64)
+    (ref * weights).sum().backward()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = cost.to(dtype).requires_grad_()
+        out = soft_dtw(x, 0.1, variant)
+        (out * weights.to(dtype)).sum().backward()
+        torch.testing.assert_close(out.double(), ref.detach(), **TOL[dtype])
+        torch.testing.assert_close(x.grad.double(), ref_in.grad, **TOL[dtype])
+        bad = cost.to(dtype, copy=True)
+        bad[batch - 3, n // 2, m // 2] = float("nan")
+        with pytest.raises(ValueError, match="NaN or inf"):
+            soft_dtw(bad, 0.1, variant)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("gamma", GAMMAS)
 def test_gradcheck_float64(variant, gamma):

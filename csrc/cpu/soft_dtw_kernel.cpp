@@ -3,7 +3,7 @@
 // Speed comes from SIMD across the batch: a tile of L pairs is processed in lock
 // step, each grid cell being one vector operation over the L lanes (lane-major row
 // buffers, branch-free exp/log from lane_math.h). Tiles run in parallel with
-// at::parallel_for. The recursion structure lives in soft_dtw_common.h.
+// parallel_tiles (torch's inter-op pool). The recursion structure lives in soft_dtw_common.h.
 //
 // R layout on the CPU: tile-major. The tile of pairs [b, b + lanes) occupies R's
 // elements [b * rows * cols, (b + lanes) * rows * cols) as [rows][cols][lanes], i.e.
@@ -26,7 +26,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <functional>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "../soft_dtw_common.h"
@@ -342,6 +347,53 @@ void run_backward(const T* grad_out, const T* R, T* grad, int64_t batch, int64_t
   }
 }
 
+// Runs body(t0, t1) over [0, ntiles) on up to torch.get_num_threads() threads.
+// Not at::parallel_for: its threading is an inline `#pragma omp parallel`, which
+// this extension (built with -fopenmp-simd only, so as not to load a second OpenMP
+// runtime beside torch's) compiles away, leaving it serial. Instead the caller
+// works on chunks too and hands the others to torch's inter-op pool (at::launch);
+// chunks are claimed from a counter, so the caller never waits on a task that has
+// not started (no deadlock when the pool is busy: it then does all chunks itself).
+template <typename F>
+void parallel_tiles(int64_t ntiles, const F& body) {
+  const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), ntiles);
+  if (nthreads <= 1 || at::in_parallel_region()) {
+    if (ntiles > 0) body(int64_t(0), ntiles);
+    return;
+  }
+  const int64_t chunk = (ntiles + nthreads - 1) / nthreads;
+  const int64_t nchunks = (ntiles + chunk - 1) / chunk;
+  struct State {
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;  // guarded by m
+    std::mutex m;
+    std::condition_variable cv;
+    std::exception_ptr error;  // guarded by m
+    std::function<void(int64_t, int64_t)> body;  // used only for claimed chunks
+  };
+  auto st = std::make_shared<State>();
+  st->body = [&body](int64_t a, int64_t b) { body(a, b); };
+  // A task that starts after the caller returned claims nothing and touches only *st.
+  auto work = [st, nchunks, chunk, ntiles] {
+    for (int64_t i; (i = st->next.fetch_add(1)) < nchunks;) {
+      std::exception_ptr err;
+      try {
+        st->body(i * chunk, std::min(ntiles, (i + 1) * chunk));
+      } catch (...) {
+        err = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lk(st->m);
+      if (err && !st->error) st->error = err;
+      if (++st->done == nchunks) st->cv.notify_all();
+    }
+  };
+  for (int64_t i = 1; i < nchunks; ++i) at::launch(work);
+  work();
+  std::unique_lock<std::mutex> lk(st->m);
+  st->cv.wait(lk, [&] { return st->done == nchunks; });
+  if (st->error) std::rethrow_exception(st->error);
+}
+
 int64_t num_tiles(int64_t batch, at::ScalarType st) {
   const int64_t L = st == at::kDouble ? Lanes<double>::L : Lanes<float>::L;
   return (batch + L - 1) / L;
@@ -361,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor> soft_dtw_forward_cpu(const at::Tensor& cost_i
     const scalar_t* c = cost.const_data_ptr<scalar_t>();
     scalar_t* r = R.mutable_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, num_tiles(batch, cost.scalar_type()), 1, [&](int64_t t0, int64_t t1) {
+    parallel_tiles(num_tiles(batch, cost.scalar_type()), [&](int64_t t0, int64_t t1) {
       if (!run_forward<scalar_t>(c, r, o, batch, t0, t1, g, scalar_t(gamma))) finite = false;
     });
   });
@@ -383,7 +435,7 @@ at::Tensor soft_dtw_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor
     const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const scalar_t* r = R.const_data_ptr<scalar_t>();
     scalar_t* gr = grad.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, num_tiles(batch, cost.scalar_type()), 1, [&](int64_t t0, int64_t t1) {
+    parallel_tiles(num_tiles(batch, cost.scalar_type()), [&](int64_t t0, int64_t t1) {
       run_backward<scalar_t>(go, r, gr, batch, t0, t1, g, scalar_t(gamma));
     });
   });
