@@ -31,12 +31,18 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <mutex>
 #include <vector>
 
 #include "../soft_dtw_common.h"
 #include "../soft_dtw_ops.h"
 #include "lane_math.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SDTW_HAVE_X86_VARIANTS 1
+#include <immintrin.h>
+#endif
 
 namespace tap_fast {
 namespace sdtw {
@@ -102,6 +108,84 @@ SDTW_ALWAYS_INLINE void push_cell(const T* __restrict__ up, const T* __restrict_
   }
 }
 
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+#ifdef SDTW_HAVE_X86_VARIANTS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kGeneric;
+}
+
+const Isa kIsa = detect_isa();
+
+#ifdef SDTW_HAVE_X86_VARIANTS
+// 8 x 8 float transpose in registers: rows r[0..7] become columns.
+__attribute__((target("avx2"))) inline void transpose8(__m256* r) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// Blocks of 8 pairs x 8 columns of a float row copy (pairs [0, lanes8), columns
+// [0, width8), both multiples of 8) between per-pair rows and the lane-major
+// buffer [width][L]; the rest is left to the scalar loops.
+template <int L>
+__attribute__((target("avx2"))) void load_blocks_avx2(const float* base, int64_t pair_stride,
+                                                      int64_t row_offset, int width8, int lanes8,
+                                                      float* __restrict__ dst) {
+  for (int k0 = 0; k0 < lanes8; k0 += 8)
+    for (int c0 = 0; c0 < width8; c0 += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i)
+        r[i] = _mm256_loadu_ps(base + (k0 + i) * pair_stride + row_offset + c0);
+      transpose8(r);
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (c0 + j) * L + k0, r[j]);
+    }
+}
+template <int L>
+__attribute__((target("avx2"))) void store_blocks_avx2(const float* __restrict__ src, int width8,
+                                                       int lanes8, float* base,
+                                                       int64_t pair_stride, int64_t row_offset) {
+  for (int k0 = 0; k0 < lanes8; k0 += 8)
+    for (int c0 = 0; c0 < width8; c0 += 8) {
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + (c0 + j) * L + k0);
+      transpose8(r);
+      for (int i = 0; i < 8; ++i)
+        _mm256_storeu_ps(base + (k0 + i) * pair_stride + row_offset + c0, r[i]);
+    }
+}
+#endif
+
+// How much of a width x lanes row copy the AVX2 blocks cover (0 x 0 if none).
+template <typename T>
+SDTW_ALWAYS_INLINE void block_extent(int width, int lanes, int& width8, int& lanes8) {
+  width8 = lanes8 = 0;
+#ifdef SDTW_HAVE_X86_VARIANTS
+  if (std::is_same<T, float>::value && kIsa != Isa::kGeneric) {
+    width8 = width & ~7;
+    lanes8 = lanes & ~7;
+  }
+#endif
+}
+
 // Copies row `row` of each of the tile's pairs ([B, rows, width] tensor data) into a
 // lane-major buffer [width][L]; lanes past the batch get `fill`.
 // Kept out of line, hence compiled for the baseline ISA: inlined into the AVX-512
@@ -109,10 +193,17 @@ SDTW_ALWAYS_INLINE void push_cell(const T* __restrict__ up, const T* __restrict_
 template <typename T, int L>
 __attribute__((noinline)) void load_rows(const T* base, int64_t pair_stride, int64_t row_offset,
                                          int width, int lanes, T fill, T* __restrict__ dst) {
+  int width8, lanes8;
+  block_extent<T>(width, lanes, width8, lanes8);
+#ifdef SDTW_HAVE_X86_VARIANTS
+  if constexpr (std::is_same<T, float>::value)
+    if (width8 > 0 && lanes8 > 0)
+      load_blocks_avx2<L>(base, pair_stride, row_offset, width8, lanes8, dst);
+#endif
   for (int k = 0; k < L; ++k) {
     const T* src = base + k * pair_stride + row_offset;
     if (k < lanes) {
-      for (int c = 0; c < width; ++c) dst[c * L + k] = src[c];
+      for (int c = k < lanes8 ? width8 : 0; c < width; ++c) dst[c * L + k] = src[c];
     } else {
       for (int c = 0; c < width; ++c) dst[c * L + k] = fill;
     }
@@ -124,9 +215,16 @@ __attribute__((noinline)) void load_rows(const T* base, int64_t pair_stride, int
 template <typename T, int L>
 SDTW_ALWAYS_INLINE void store_rows(const T* __restrict__ src, int width, int lanes, T* base,
                                    int64_t pair_stride, int64_t row_offset) {
+  int width8, lanes8;
+  block_extent<T>(width, lanes, width8, lanes8);
+#ifdef SDTW_HAVE_X86_VARIANTS
+  if constexpr (std::is_same<T, float>::value)
+    if (width8 > 0 && lanes8 > 0)
+      store_blocks_avx2<L>(src, width8, lanes8, base, pair_stride, row_offset);
+#endif
   for (int k = 0; k < lanes; ++k) {
     T* dst = base + k * pair_stride + row_offset;
-    for (int c = 0; c < width; ++c) dst[c] = src[c * L + k];
+    for (int c = k < lanes8 ? width8 : 0; c < width; ++c) dst[c] = src[c * L + k];
   }
 }
 
@@ -297,25 +395,10 @@ SDTW_ALWAYS_INLINE void backward_tiles(const T* grad_out, const T* R, T* grad, i
 
 SDTW_ISA_VARIANTS(generic, )
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SDTW_HAVE_X86_VARIANTS 1
 SDTW_ISA_VARIANTS(avx2, __attribute__((target("avx2,fma"))))
 SDTW_ISA_VARIANTS(avx512, __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))))
 #endif
 
-enum class Isa { kGeneric, kAvx2, kAvx512 };
-
-Isa detect_isa() {
-#ifdef SDTW_HAVE_X86_VARIANTS
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl"))
-    return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-#endif
-  return Isa::kGeneric;
-}
-
-const Isa kIsa = detect_isa();
 
 template <typename T>
 bool run_forward(const T* cost, T* R, T* out, int64_t batch, int64_t t0, int64_t t1, Grid g,
