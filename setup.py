@@ -79,8 +79,9 @@ def extension_build():
 
     root = os.path.dirname(os.path.abspath(__file__))
     sources = [os.path.join("csrc", "soft_dtw.cpp"), os.path.join("csrc", "cpu", "soft_dtw_kernel.cpp")]
-    # -fopenmp-simd: vectorise the lane loops (#pragma omp simd) without an OpenMP
-    # runtime; threads come from at::parallel_for (torch's pool, torch.set_num_threads).
+    # -fopenmp-simd: vectorise the lane loops (#pragma omp simd) without an OpenMP runtime
+    # (at::parallel_for would then run serially); the CPU kernel splits its tiles itself over
+    # torch's inter-op pool, up to torch.get_num_threads() threads (parallel_tiles).
     cxx_flags = ["-O3", "-fopenmp-simd"]
     kwargs = dict(include_dirs=[os.path.join(root, "csrc")])
     if use_cuda:
