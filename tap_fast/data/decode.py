@@ -96,14 +96,19 @@ def decode_video(path: str | os.PathLike) -> np.ndarray:
     return np.stack(frames)
 
 
-def _select(path, video: np.ndarray, indices) -> np.ndarray:
+def check_frame_indices(path, indices, num_frames: int) -> np.ndarray:
+    """indices as a 1-D int array, each in [0, num_frames) (TypeError / FrameIndexError naming path)."""
     idx = np.asarray(indices)
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
         raise TypeError(f"frame indices must be a 1-D sequence of ints, got {idx.dtype} with shape {idx.shape}")
-    bad = idx[(idx < 0) | (idx >= len(video))]
+    bad = idx[(idx < 0) | (idx >= num_frames)]
     if bad.size:
-        raise FrameIndexError(path, int(bad[0]), len(video))
-    return video[idx]
+        raise FrameIndexError(path, int(bad[0]), num_frames)
+    return idx
+
+
+def _select(path, video: np.ndarray, indices) -> np.ndarray:
+    return video[check_frame_indices(path, indices, len(video))]
 
 
 def decode_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import FrameIndexError, VideoDecodeError
+from .decode import VideoDecodeError, check_frame_indices
 from .formats import frame_files
 
 
@@ -21,12 +21,7 @@ class FrameFolderDecoder:
         if not folder.is_dir():
             raise FileNotFoundError(f"frame folder not found: {folder}")
         names = frame_files(folder)
-        idx = np.asarray(indices)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"frame indices must be a 1-D sequence of ints, got {idx.dtype} with shape {idx.shape}")
-        bad = idx[(idx < 0) | (idx >= len(names))]
-        if bad.size:
-            raise FrameIndexError(folder, int(bad[0]), len(names))
+        idx = check_frame_indices(folder, indices, len(names))
         out, loaded = [], {}
         for i in idx.tolist():
             if i not in loaded:  # TSN may repeat a frame in short videos
