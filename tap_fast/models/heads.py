@@ -12,6 +12,12 @@ from torch import nn
 from tap_fast.kernels import soft_dtw, tap_alignment, tap_scores
 
 
+def frame_cosines(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """cos(query frame i, support frame j) for every pair: [NQ, NS, Tq, Ts]."""
+    q, s = F.normalize(query, dim=-1), F.normalize(support, dim=-1)
+    return torch.einsum("qid,sjd->qsij", q, s)
+
+
 class TapHead(nn.Module):
     """Temporal Alignment Prediction: BiLSTM g_alpha, then sum_ij P_ij * S_ij (the paper, Eq. 3)."""
 
@@ -44,17 +50,15 @@ class OtamHead(nn.Module):
         self.gamma = gamma
 
     def forward(self, query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-        q, s = F.normalize(query, dim=-1), F.normalize(support, dim=-1)
         # soft-DTW sums T + T terms through log-sum-exp: keep it in fp32 even under autocast
-        cost = 1 - torch.einsum("qid,sjd->qsij", q, s).float()
+        cost = 1 - frame_cosines(query, support).float()
         nq, ns, tq, ts = cost.shape
         forward = soft_dtw(cost.reshape(nq * ns, tq, ts), self.gamma, variant="otam")
         backward = soft_dtw(cost.transpose(-1, -2).reshape(nq * ns, ts, tq), self.gamma, variant="otam")
         return -(forward + backward).view(nq, ns)
 
     def alignment_maps(self, query, support):
-        q, s = F.normalize(query, dim=-1), F.normalize(support, dim=-1)
-        return None, torch.einsum("qid,sjd->qsij", q, s)
+        return None, frame_cosines(query, support)
 
 
 class TsnHead(nn.Module):
@@ -71,8 +75,7 @@ class TsnHead(nn.Module):
         return self.logit_scale * q @ s.T
 
     def alignment_maps(self, query, support):
-        q, s = F.normalize(query, dim=-1), F.normalize(support, dim=-1)
-        return None, torch.einsum("qid,sjd->qsij", q, s)
+        return None, frame_cosines(query, support)
 
 
 def build_head(name: str, feature_dim: int, lstm_hidden: int, mlp_hidden, otam_gamma: float) -> nn.Module:
