@@ -74,7 +74,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _configs(keys_reset=None):
+def _configs():
     if _interpreting():
         return [triton.Config({"BK": 16}, num_warps=1, num_stages=1)]
     return [
