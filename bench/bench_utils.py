@@ -1,6 +1,7 @@
 """Timing, memory and device helpers shared by every benchmark suite (TAP and soft-DTW)."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -8,7 +9,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["time_cuda", "time_cpu", "time_fn", "peak_memory_bytes", "device_info", "matmul_tflops", "git_commit"]
+__all__ = ["time_cuda", "time_cuda_adaptive", "time_cpu", "time_fn", "peak_memory_bytes", "device_info", "matmul_tflops", "git_commit"]
 
 
 def time_cuda(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:
@@ -23,6 +24,16 @@ def time_cuda(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> flo
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
+
+
+def time_cuda_adaptive(fn: Callable[[], object], budget_ms: float = 1500.0, max_iters: int = 20) -> tuple[float, int]:
+    """(mean ms per call, iterations): one warm-up call (compilation, autotuning), one timed probe,
+    then as many timed calls as fit in ``budget_ms`` (3 to ``max_iters``), so that slow rows of a
+    sweep do not eat a short GPU lease while fast rows still average over many calls."""
+    fn()
+    probe = time_cuda(fn, warmup=0, iters=1)
+    iters = int(max(3, min(max_iters, budget_ms // max(probe, 1e-3))))
+    return time_cuda(fn, warmup=1, iters=iters), iters
 
 
 def time_cpu(fn: Callable[[], object], warmup: int = 1, iters: int = 3) -> float:
@@ -67,6 +78,9 @@ def matmul_tflops(device: torch.device | str, n: int | None = None, dtype: torch
 
 
 def git_commit() -> str:
+    """The checkout's short commit; TAP_FAST_COMMIT where the tree travels without .git (device runs)."""
+    if os.environ.get("TAP_FAST_COMMIT"):
+        return os.environ["TAP_FAST_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):

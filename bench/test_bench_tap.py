@@ -10,22 +10,28 @@ extra_info per row: time_ms (CUDA events after warm-up on GPU, perf_counter on C
 2(H1 H2 + H2 H3 + H3 + D); x3 with backward) and pct_of_dense = tflops / the measured bf16 matmul rate.
 On a CPU-only machine only the cheap rows run (5w5s, T <= 8, no torch.compile); the rest are skipped
 with a reason.  "fused" is tap_scores with backend="auto": Triton on CUDA, the chunked torch path on CPU.
+On CUDA every fused fwd_bwd row of the episode size with T <= 32 is also checked against the float64
+reference on the same inputs (scores and every gradient; extra_info rel_err), so the autotuned
+kernels are verified at the paper's widths.  Each torch.compile row is a fresh compilation (tens of
+seconds): on a short GPU lease select rows with -k, as bench/gpu_session.sh does.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench_utils import peak_memory_bytes, time_fn
+from bench_utils import peak_memory_bytes, time_cuda_adaptive
 from tap_fast.kernels import tap_scores
 from tap_fast.kernels.tap_reference import tap_scores_reference
-from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs
+from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, lowp_tolerance, make_tap_inputs, rel_err
 
 T_VALUES = [4, 8, 16, 32, 64, 128]
 EPISODES = {"5w5s": (5, 25), "large": (64, 64)}
 IMPLS = ["fused", "eager_ref", "compiled_ref"]
 MODES = ["fwd", "fwd_bwd"]
 CPU_MAX_T = 8
+CHECK_MAX_T = 32  # float64 check of the fused rows (episode size) up to this T
+BF16_TOL = 2e-2
 
 _compiled_reference = None
 
@@ -67,6 +73,13 @@ def _impl_fn(impl):
     if impl == "eager_ref":
         return tap_scores_reference
     if _compiled_reference is None:
+        # One specialised graph per row (dynamic=False): raise the recompile cap (8 by default) so
+        # the later rows are compiled too rather than silently falling back to eager.
+        import torch._dynamo
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 64)
         _compiled_reference = torch.compile(tap_scores_reference, dynamic=False)
     return _compiled_reference
 
@@ -101,9 +114,12 @@ def test_tap_scores(benchmark, bench_device, bench_device_info, dense_tflops, ep
         device=bench_device_info["name"], commit=bench_device_info["commit"], dense_tflops=dense_tflops,
     )
     if cuda:
-        ms = time_fn(call, bench_device, warmup=3, iters=10)  # CUDA events; also warms up autotune/compile
+        ms, iters = time_cuda_adaptive(call)  # CUDA events; its warm-up call autotunes / compiles
         peak = peak_memory_bytes(call, bench_device)
-        benchmark.pedantic(call, rounds=10, warmup_rounds=2, iterations=1)
+        benchmark.pedantic(call, rounds=3, warmup_rounds=0, iterations=1)
+        benchmark.extra_info["timed_calls"] = iters
+        if impl == "fused" and backward and episode == "5w5s" and T <= CHECK_MAX_T:
+            _check_against_float64(params, fn, benchmark.extra_info)
     else:  # CPU: synchronous, so the benchmark's own wall-clock stats are the timing (kept short)
         peak = None
         benchmark.pedantic(call, rounds=2, warmup_rounds=1, iterations=1)
@@ -113,3 +129,22 @@ def test_tap_scores(benchmark, bench_device, bench_device_info, dense_tflops, ep
         time_ms=ms, tflops=tflops, pct_of_dense=100 * tflops / dense_tflops,
         peak_mem_mib=None if peak is None else peak / 2**20,
     )
+
+
+def _check_against_float64(params, fn, info: dict) -> None:
+    """Scores and every gradient against the float64 reference: each relative error within
+    max(2e-2, twice the error eager bf16 PyTorch makes on the same inputs); recorded in ``info``."""
+    cot = torch.randn(params[0].shape[0], params[1].shape[0], dtype=torch.float64, device=params[0].device)
+
+    def outputs(f, ps):
+        out = f(ps[0], ps[1], ps[2:6], ps[6:])
+        return [out, *torch.autograd.grad(out, ps, cot.to(out.dtype))]
+
+    got = outputs(fn, params)
+    eager = outputs(tap_scores_reference, params)
+    want = outputs(tap_scores_reference, [p.detach().double().requires_grad_() for p in params])
+    errors = [rel_err(a, b) for a, b in zip(got, want)]
+    bounds = [lowp_tolerance(e, b, BF16_TOL) for e, b in zip(eager, want)]
+    info.update(rel_err=max(errors), rel_err_margin=min(b / max(e, 1e-30) for e, b in zip(errors, bounds)))
+    bad = [(i, f"{e:.2e} > {b:.2e}") for i, (e, b) in enumerate(zip(errors, bounds)) if e > b]
+    assert not bad, f"fused kernel vs float64 (output index, error > bound): {bad}"

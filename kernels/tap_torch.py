@@ -65,73 +65,98 @@ def _chunk_forward(u_flat, v, uidx, sidx, weights, biases):
     return acts
 
 
-class _TapPairsFunction(torch.autograd.Function):
-    """scores[q, s] = sum_ij sigmoid(MLP_{2..L}(relu(U_qi + V_sj))) * C_qsij, chunked, recompute backward."""
+# Registered as custom ops (like the Triton path) so torch.compile treats the chunk loops as opaque
+# nodes: traced as a plain autograd.Function, torch 2.11's dynamo returned zero gradients here.
 
-    @staticmethod
-    def forward(ctx, u, v, cos, rows_per_chunk, n_layers, *params):
-        weights, biases = params[:n_layers], params[n_layers:]
-        n_q, tq, _ = u.shape
-        n_s, ts, _ = v.shape
-        acc = _acc_dtype(u.dtype)
-        u_flat = u.reshape(n_q * tq, -1)
-        cos_rows = cos.reshape(n_q * n_s * tq, ts)
-        row_sums = torch.empty(n_q * n_s * tq, dtype=acc, device=u.device)
-        n_rows = row_sums.numel()
-        for r0 in range(0, n_rows, rows_per_chunk):
-            r1 = min(n_rows, r0 + rows_per_chunk)
-            uidx, sidx = _row_indices(r0, r1, n_s, tq, u.device)
-            with torch.no_grad():
-                logit = _chunk_forward(u_flat, v, uidx, sidx, weights, biases)[-1]
-            row_sums[r0:r1] = (torch.sigmoid(logit.to(acc)) * cos_rows[r0:r1].to(acc)).sum(-1)
-        ctx.save_for_backward(u, v, cos, *params)
-        ctx.rows_per_chunk, ctx.n_layers = rows_per_chunk, n_layers
-        return row_sums.reshape(n_q, n_s, tq).sum(-1).to(u.dtype)
 
-    @staticmethod
-    def backward(ctx, grad_scores):
-        u, v, cos, *params = ctx.saved_tensors
-        n_layers = ctx.n_layers
-        weights, biases = params[:n_layers], params[n_layers:]
-        n_q, tq, h1 = u.shape
-        n_s, ts, _ = v.shape
-        acc = _acc_dtype(u.dtype)
-        u_flat = u.reshape(n_q * tq, h1)
-        cos_rows = cos.reshape(n_q * n_s * tq, ts)
-        g_rows = grad_scores.to(acc).reshape(n_q * n_s, 1).expand(n_q * n_s, tq).reshape(-1)
-        du = torch.zeros(n_q * tq, h1, dtype=acc, device=u.device)
-        dv = torch.zeros(v.shape, dtype=acc, device=u.device)
-        dcos = torch.empty(cos_rows.shape, dtype=acc, device=u.device)
-        dws = [torch.zeros(w.shape, dtype=acc, device=u.device) for w in weights]
-        dbs = [torch.zeros(b.shape, dtype=acc, device=u.device) for b in biases]
-        n_rows = cos_rows.shape[0]
-        for r0 in range(0, n_rows, ctx.rows_per_chunk):
-            r1 = min(n_rows, r0 + ctx.rows_per_chunk)
-            uidx, sidx = _row_indices(r0, r1, n_s, tq, u.device)
-            acts = _chunk_forward(u_flat, v, uidx, sidx, weights, biases)
-            p = torch.sigmoid(acts[-1].to(acc))  # [R, Ts]
-            g = g_rows[r0:r1, None]
-            dcos[r0:r1] = g * p
-            dz = (g * cos_rows[r0:r1].to(acc) * p * (1 - p)).unsqueeze(-1).to(u.dtype)  # d logit, [R, Ts, 1]
-            # Walk the layers backwards: acts = [z1, h1, z2, h2, ..., h_L-1, z_L].
-            for k in range(n_layers - 1, -1, -1):
-                h_in = acts[2 * k + 1]
-                dws[k] += torch.einsum("rto,rti->oi", dz, h_in).to(acc)
-                dbs[k] += dz.sum(dim=(0, 1)).to(acc)
-                dh = dz @ weights[k]
-                dz = dh * (acts[2 * k] > 0)
-            du.index_add_(0, uidx, dz.sum(1).to(acc))
-            dv.index_add_(0, sidx, dz.to(acc))
-        grads = [du.reshape(u.shape).to(u.dtype), dv.to(v.dtype), dcos.reshape(cos.shape).to(cos.dtype), None, None]
-        grads += [d.to(w.dtype) for d, w in zip(dws, weights)] + [d.to(b.dtype) for d, b in zip(dbs, biases)]
-        return tuple(grads)
+@torch.library.custom_op("tap_fast::tap_pairs_torch_fwd", mutates_args=())
+def _pairs_fwd(u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, weights: list[torch.Tensor],
+               biases: list[torch.Tensor], rows_per_chunk: int) -> torch.Tensor:
+    """scores[q, s] = sum_ij sigmoid(MLP_{2..L}(relu(U_qi + V_sj))) * C_qsij, chunk by chunk."""
+    n_q, tq, _ = u.shape
+    n_s, ts, _ = v.shape
+    acc = _acc_dtype(u.dtype)
+    u_flat = u.reshape(n_q * tq, -1)
+    cos_rows = cos.reshape(n_q * n_s * tq, ts)
+    row_sums = torch.empty(n_q * n_s * tq, dtype=acc, device=u.device)
+    for r0 in range(0, row_sums.numel(), rows_per_chunk):
+        r1 = min(row_sums.numel(), r0 + rows_per_chunk)
+        uidx, sidx = _row_indices(r0, r1, n_s, tq, u.device)
+        logit = _chunk_forward(u_flat, v, uidx, sidx, weights, biases)[-1]
+        row_sums[r0:r1] = (torch.sigmoid(logit.to(acc)) * cos_rows[r0:r1].to(acc)).sum(-1)
+    return row_sums.reshape(n_q, n_s, tq).sum(-1).to(u.dtype)
+
+
+@_pairs_fwd.register_fake
+def _(u, v, cos, weights, biases, rows_per_chunk):
+    return u.new_empty(u.shape[0], v.shape[0])
+
+
+@torch.library.custom_op("tap_fast::tap_pairs_torch_bwd", mutates_args=())
+def _pairs_bwd(grad_scores: torch.Tensor, u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+               weights: list[torch.Tensor], biases: list[torch.Tensor], rows_per_chunk: int) -> list[torch.Tensor]:
+    """[du, dv, dcos, *dweights, *dbiases], recomputing each chunk's activations."""
+    n_layers = len(weights)
+    n_q, tq, h1 = u.shape
+    n_s, ts, _ = v.shape
+    acc = _acc_dtype(u.dtype)
+    u_flat = u.reshape(n_q * tq, h1)
+    cos_rows = cos.reshape(n_q * n_s * tq, ts)
+    g_rows = grad_scores.to(acc).reshape(n_q * n_s, 1).expand(n_q * n_s, tq).reshape(-1)
+    du = torch.zeros(n_q * tq, h1, dtype=acc, device=u.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=u.device)
+    dcos = torch.empty(cos_rows.shape, dtype=acc, device=u.device)
+    dws = [torch.zeros(w.shape, dtype=acc, device=u.device) for w in weights]
+    dbs = [torch.zeros(b.shape, dtype=acc, device=u.device) for b in biases]
+    n_rows = cos_rows.shape[0]
+    for r0 in range(0, n_rows, rows_per_chunk):
+        r1 = min(n_rows, r0 + rows_per_chunk)
+        uidx, sidx = _row_indices(r0, r1, n_s, tq, u.device)
+        acts = _chunk_forward(u_flat, v, uidx, sidx, weights, biases)
+        p = torch.sigmoid(acts[-1].to(acc))  # [R, Ts]
+        g = g_rows[r0:r1, None]
+        dcos[r0:r1] = g * p
+        dz = (g * cos_rows[r0:r1].to(acc) * p * (1 - p)).unsqueeze(-1).to(u.dtype)  # d logit, [R, Ts, 1]
+        # Walk the layers backwards: acts = [z1, h1, z2, h2, ..., h_L-1, z_L].
+        for k in range(n_layers - 1, -1, -1):
+            h_in = acts[2 * k + 1]
+            dws[k] += torch.einsum("rto,rti->oi", dz, h_in).to(acc)
+            dbs[k] += dz.sum(dim=(0, 1)).to(acc)
+            dh = dz @ weights[k]
+            dz = dh * (acts[2 * k] > 0)
+        du.index_add_(0, uidx, dz.sum(1).to(acc))
+        dv.index_add_(0, sidx, dz.to(acc))
+    grads = [du.reshape(u.shape).to(u.dtype), dv.to(v.dtype), dcos.reshape(cos.shape).to(cos.dtype)]
+    return grads + [d.to(w.dtype) for d, w in zip(dws, weights)] + [d.to(b.dtype) for d, b in zip(dbs, biases)]
+
+
+@_pairs_bwd.register_fake
+def _(grad_scores, u, v, cos, weights, biases, rows_per_chunk):
+    return [t.new_empty(t.shape) for t in (u, v, cos, *weights, *biases)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, v, cos, weights, biases, rows_per_chunk = inputs
+    ctx.save_for_backward(u, v, cos, *weights, *biases)
+    ctx.n_layers, ctx.rows_per_chunk = len(weights), rows_per_chunk
+
+
+def _backward_rule(ctx, grad_scores):
+    u, v, cos, *params = ctx.saved_tensors
+    weights, biases = params[:ctx.n_layers], params[ctx.n_layers:]
+    grads = torch.ops.tap_fast.tap_pairs_torch_bwd(grad_scores, u, v, cos, weights, biases, ctx.rows_per_chunk)
+    n = ctx.n_layers
+    return grads[0], grads[1], grads[2], grads[3:3 + n], grads[3 + n:], None
+
+
+_pairs_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 def tap_pairs_torch(u, v, cos, weights, biases, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """Scores [Q, S] from U [Q, Tq, H1], V [S, Ts, H1] (b1 included), cos [Q, S, Tq, Ts] and layers 2..L."""
     widths = [u.shape[-1]] + [w.shape[0] for w in weights[:-1]]
     rows = plan_chunk_rows(v.shape[1], widths, u.element_size(), budget_bytes)
-    return _TapPairsFunction.apply(u, v, cos, rows, len(weights), *weights, *biases)
+    return torch.ops.tap_fast.tap_pairs_torch_fwd(u, v, cos, list(weights), list(biases), rows)
 
 
 @torch.no_grad()

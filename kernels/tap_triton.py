@@ -62,8 +62,9 @@ def _pad(n: int) -> int:
 
 def _tile_shape(tq: int, ts: int) -> tuple[int, int]:
     """(BI, BJ): 64 GEMM rows per tile on GPU (fits H2 = 256 fp32 accumulators in registers with 4-8
-    warps), 16 under the interpreter (tiny test shapes).  BJ follows Ts so short clips waste little."""
-    rows = 16 if _interpreting() else 64
+    warps), 16 under the interpreter (tiny test shapes).  BJ follows Ts so short clips waste little.
+    TAP_FAST_TILE_ROWS (a power of two) overrides the row count: a benchmarking knob (bench/tile_sweep.py)."""
+    rows = int(os.environ.get("TAP_FAST_TILE_ROWS", 16 if _interpreting() else 64))
     bj = min(triton.next_power_of_2(ts), rows)
     return max(1, rows // bj), bj
 
@@ -77,12 +78,28 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _configs():
     if _interpreting():
         return [triton.Config({"BK": 16}, num_warps=1, num_stages=1)]
+    if os.environ.get("TAP_FAST_AUTOTUNE", "1") == "0":  # one config: quick CUDA test runs
+        return [triton.Config({"BK": 32}, num_warps=4, num_stages=3)]
+    # Few on purpose: each config is compiled once per tile shape (5 of them over T = 4..128) and
+    # per kernel (3), and benchmarked once per shape key.  These span the K-block / warps / pipeline
+    # depth choices that fit a 64 x 256 fp32 accumulator and its operand stages in shared memory.
     return [
-        triton.Config({"BK": bk}, num_warps=w, num_stages=st)
-        for bk in (32, 64, 128)
-        for w in (4, 8)
-        for st in (2, 3, 4)
+        triton.Config({"BK": 32}, num_warps=4, num_stages=4),
+        triton.Config({"BK": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BK": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BK": 128}, num_warps=8, num_stages=2),
     ]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Only the K-blocks that suit the first hidden width: BK = 32 alone when H1 <= 32 (wider blocks
+    would be mostly masked), BK >= 64 otherwise (each config costs a compilation per tile shape)."""
+    small = _pad(named_args["H1"]) <= 32
+    kept = [c for c in configs if (c.kwargs["BK"] <= 32) == small]
+    return kept or configs[:1]
+
+
+_PRUNE = {"early_config_prune": _prune_configs}
 
 
 # ------------------------------------------------------------------------------------------ tile math
@@ -137,7 +154,7 @@ def _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts, H1, H2, 
 # ------------------------------------------------------------------------------------------ forward
 
 
-@triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ"])
+@triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ"], prune_configs_by=_PRUNE)
 @triton.jit
 def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
                     S, Tq, Ts, H1, H2, H3, n_jb, n_tiles,
@@ -164,7 +181,7 @@ _BWD_ACCUMULATORS = ["DU_PART", "DV_PART", "DW2_P", "DB2_P", "DW3_P", "DB3_P", "
 
 
 @triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "OWN_U"],
-                 reset_to_zero=_BWD_ACCUMULATORS)
+                 reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
 @triton.jit
 def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P,

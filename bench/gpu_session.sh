@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Everything a lent GPU should check, in one call: build the extension, run the CUDA tests, the GPU
+# benchmarks and the bf16 / fp32 training runs.  Stages run in priority order, each under its own
+# time cap and within DEADLINE seconds overall, so a short lease still returns the most important
+# numbers.  Results (pytest-benchmark JSON, logs) are packed after every stage into
+# $OUT/results.tgz; unpack into bench/results/ and run bench/report.py here.
+#
+#   device: TAP_FAST_COMMIT=<sha> DEADLINE=540 bash bench/gpu_session.sh   (carry .whl: av, pysdtw)
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+WORK=$(mktemp -d)
+DEADLINE=${DEADLINE:-540}
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1 TAP_FAST_DATA_DIR=/tmp/tap_fast_data MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+
+left() { echo $((DEADLINE - ($(date +%s) - T0))); }
+pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; }
+# stage NAME CAP CMD...: run CMD for at most min(CAP, time left - 15) s, log its output, pack results.
+stage() {
+  local name=$1 cap=$2; shift 2
+  local avail=$(($(left) - 15))
+  ((cap > avail)) && cap=$avail
+  if ((cap < 20)); then echo "== $name: skipped, $(left) s left" | tee -a "$LOG"; return 1; fi
+  echo "== $name (cap $cap s) $(date +%T)" | tee -a "$LOG"
+  local t=$(date +%s)
+  timeout -k 5 "$cap" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $(($(date +%s) - t)) s" | tee -a "$LOG" "$WORK/stages.txt"
+  pack
+  return $rc
+}
+
+{
+  echo "date $(date -u +%FT%TZ) commit ${TAP_FAST_COMMIT:-unknown}"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  nproc
+} >"$WORK/env.txt" 2>&1
+cat "$WORK/env.txt" | tee -a "$LOG"
+
+# Packages the image lacks (PyAV for the synthetic set, pysdtw for the soft-DTW comparison).
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/site
+
+stage build 240 env TAP_FAST_BUILD_EXT=cuda CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} \
+  python3 -m pip install --no-build-isolation --no-deps -e . || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
+# The synthetic set (PyAV, CPU) is generated while the GPU checks run.
+python3 -m tap_fast.data.synthetic --workers 4 >"$WORK/synthetic.log" 2>&1 &
+SYNTH=$!
+
+# Correctness on CUDA (one Triton config: the benchmarks check the autotuned ones against float64).
+stage tests 200 env TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
+  --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py \
+  tests/test_tap_kernels.py tests/test_soft_dtw.py
+BENCH="python3 -m pytest -q -p no:cacheprovider --benchmark-only"
+stage bench_soft_dtw 90 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-json="$WORK/soft_dtw_gpu.json"
+# pytest-benchmark writes its JSON at the end of a session: several short sessions, so a cap loses one.
+stage bench_tap_fused 200 $BENCH bench/test_bench_tap.py -k "fused and not 128" \
+  --benchmark-json="$WORK/tap_gpu_fused.json"
+stage bench_tap_reference 150 $BENCH bench/test_bench_tap.py \
+  -k "(eager_ref and not 128) or (compiled_ref and 5w5s and fwd_bwd and (32 or 64))" \
+  --benchmark-json="$WORK/tap_gpu_reference.json"
+wait $SYNTH
+stage train 150 python3 bench/train_throughput.py --out "$WORK/train_gpu" --episodes 1000 --workers 6
+stage bench_tap_128 120 $BENCH bench/test_bench_tap.py -k "128 and (fused or eager_ref)" \
+  --benchmark-json="$WORK/tap_gpu_128.json"
+stage bench_tap_vs_tam 60 $BENCH bench/test_bench_tap_vs_tam.py --benchmark-json="$WORK/tap_vs_tam_gpu.json"
+stage tile_sweep 60 python3 bench/tile_sweep.py --out "$WORK/tile_sweep_gpu.json"
+echo "== done, $(left) s of $DEADLINE left" | tee -a "$LOG"
+pack

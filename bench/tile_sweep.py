@@ -1,0 +1,84 @@
+"""Tile-height sweep for the fused TAP kernels on a GPU: 64 vs 128 GEMM rows per tile.
+
+    python bench/tile_sweep.py --out bench/results/tile_sweep_<device>.json
+
+The tile height (BM = BI * BJ frame pairs) is a heuristic in kernels/tap_triton.py, not autotuned,
+because it fixes the partial-sum buffers' shapes; TAP_FAST_TILE_ROWS overrides it per call. For
+each height: forward and forward+backward time (CUDA events, after autotuning) at the paper's
+widths, bf16, and the relative difference of scores and input gradients against the default
+height (both are checked against float64 in bench/test_bench_tap.py at the default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import device_info, matmul_tflops, time_cuda_adaptive  # noqa: E402
+from test_bench_tap import useful_flops  # noqa: E402
+
+from tap_fast.kernels import tap_scores  # noqa: E402
+from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs, rel_err  # noqa: E402
+
+
+def measure(q, s, t, rows, dense):
+    os.environ["TAP_FAST_TILE_ROWS"] = str(rows)
+    x, y, ws, bs = make_tap_inputs(q, s, t, t, PAPER_D, PAPER_HIDDEN, dtype=torch.bfloat16, device="cuda",
+                                   seed=t, requires_grad=True)
+    params = [x, y, *ws, *bs]
+
+    def fwd():
+        return tap_scores(x, y, ws, bs)
+
+    def fwd_bwd():
+        out = fwd()
+        return out, torch.autograd.grad(out.sum(), [x, y])
+
+    row = {"Q": q, "S": s, "T": t, "rows": rows}
+    for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        ms, _ = time_cuda_adaptive(fn, budget_ms=800)
+        tflops = useful_flops(q, s, t, backward=mode == "fwd_bwd") / (ms * 1e-3) / 1e12
+        row[mode] = {"time_ms": ms, "tflops": tflops, "pct_of_dense": 100 * tflops / dense}
+    out, (gx, gy) = fwd_bwd()
+    del params
+    return row, [out.detach(), gx, gy]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rows", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--T", type=int, nargs="+", default=[32, 64])
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tile_sweep: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dense = matmul_tflops("cuda")
+    rows_out = []
+    for q, s in ((64, 64), (5, 25)):
+        for t in args.T:
+            baseline = None
+            for rows in args.rows:
+                row, outs = measure(q, s, t, rows, dense)
+                if baseline is None:
+                    baseline = outs
+                else:
+                    row["rel_diff_vs_first"] = max(rel_err(a, b) for a, b in zip(outs, baseline))
+                rows_out.append(row)
+                print(json.dumps(row), flush=True)
+    os.environ.pop("TAP_FAST_TILE_ROWS", None)
+    result = {"device": device_info("cuda"), "date": time.strftime("%Y-%m-%d"), "dense_tflops": dense,
+              "rows": rows_out}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
