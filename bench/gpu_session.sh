@@ -45,7 +45,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/site
 
 stage build 240 env TAP_FAST_BUILD_EXT=cuda CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} \
-  python3 -m pip install --no-build-isolation --no-deps -e . || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
+  python3 -m pip install --no-build-isolation --no-deps --use-pep517 -e . || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
 # The synthetic set (PyAV, CPU) is generated while the GPU checks run.
 python3 -m tap_fast.data.synthetic --workers 4 >"$WORK/synthetic.log" 2>&1 &
 SYNTH=$!
