@@ -84,10 +84,17 @@ def _prepare(x, y, weights, biases):
 
 
 def _prelude(x, y, weights, biases):
+    """U = X W1x^T and V = Y W1y^T + b1 in fp32 (fp64 for fp64 inputs), and the frame cosines.
+
+    Why fp32 from bf16/fp16 inputs: the kernels add U_qi + V_sj per frame pair, and two separately
+    rounded low-precision halves flip relu masks near z1 = 0 far more often than one rounded GEMM
+    does (measured on an H200: 3-6x eager bf16's error in dW1 at small widths).  U and V are only
+    O((Q + S) T H1), and these GEMMs are a small part of the work."""
     d = x.shape[-1]
-    w1 = weights[0]
-    u = torch.matmul(x, w1[:, :d].t())
-    v = torch.matmul(y, w1[:, d:].t()) + biases[0]
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w1 = weights[0].to(wide)
+    u = torch.matmul(x.to(wide), w1[:, :d].t())
+    v = torch.matmul(y.to(wide), w1[:, d:].t()) + biases[0].to(wide)
     cos = torch.einsum("qid,sjd->qsij", F.normalize(x, dim=-1, eps=1e-12), F.normalize(y, dim=-1, eps=1e-12))
     return u, v, cos
 
@@ -109,7 +116,8 @@ def tap_scores(
     with precision:
         u, v, cos = _prelude(x, y, weights, biases)
         if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
-            return (torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]) * cos).sum(dim=(-2, -1))
+            scores = (torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]) * cos).sum(dim=(-2, -1))
+            return scores.to(x.dtype)
         if resolve_backend(x, widths, backend) == "triton":
             from .tap_triton import tap_pairs_triton
 
@@ -136,7 +144,7 @@ def tap_alignment(
         u, v, cos = _prelude(x, y, weights, biases)
         with torch.no_grad():
             if len(weights) == 1:
-                return torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]), cos
+                return torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]).to(x.dtype), cos
             if resolve_backend(x, widths, backend) == "triton":
                 from .tap_triton import tap_p_triton
 

@@ -41,8 +41,8 @@ def make_tap_inputs(
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| computed in float64."""
-    a, b = a.detach().double(), b.detach().double()
+    """||a - b|| / ||b|| computed in float64 on the CPU (a and b may sit on different devices)."""
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 

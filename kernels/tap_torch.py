@@ -54,7 +54,7 @@ def _chunk_forward(u_flat, v, uidx, sidx, weights, biases):
     """Activations of one chunk: [z1, h1, z2, h2, ..., z_L] with z_L the final logit [R, Ts]."""
     z = u_flat.index_select(0, uidx)[:, None, :] + v.index_select(0, sidx)  # [R, Ts, H1]
     acts = [z]
-    h = torch.relu(z)
+    h = torch.relu(z).to(weights[0].dtype)  # U, V may be wider (fp32) than the layers' dtype
     for k, (w, b) in enumerate(zip(weights, biases)):
         acts.append(h)
         z = torch.nn.functional.linear(h, w, b)
@@ -84,7 +84,7 @@ def _pairs_fwd(u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, weights: lis
         uidx, sidx = _row_indices(r0, r1, n_s, tq, u.device)
         logit = _chunk_forward(u_flat, v, uidx, sidx, weights, biases)[-1]
         row_sums[r0:r1] = (torch.sigmoid(logit.to(acc)) * cos_rows[r0:r1].to(acc)).sum(-1)
-    return row_sums.reshape(n_q, n_s, tq).sum(-1).to(u.dtype)
+    return row_sums.reshape(n_q, n_s, tq).sum(-1).to(weights[0].dtype)
 
 
 @_pairs_fwd.register_fake
@@ -116,7 +116,7 @@ def _pairs_bwd(grad_scores: torch.Tensor, u: torch.Tensor, v: torch.Tensor, cos:
         p = torch.sigmoid(acts[-1].to(acc))  # [R, Ts]
         g = g_rows[r0:r1, None]
         dcos[r0:r1] = g * p
-        dz = (g * cos_rows[r0:r1].to(acc) * p * (1 - p)).unsqueeze(-1).to(u.dtype)  # d logit, [R, Ts, 1]
+        dz = (g * cos_rows[r0:r1].to(acc) * p * (1 - p)).unsqueeze(-1).to(weights[0].dtype)  # d logit, [R, Ts, 1]
         # Walk the layers backwards: acts = [z1, h1, z2, h2, ..., h_L-1, z_L].
         for k in range(n_layers - 1, -1, -1):
             h_in = acts[2 * k + 1]
@@ -167,7 +167,7 @@ def tap_p_torch(u, v, weights, biases, budget_bytes: int = DEFAULT_BUDGET_BYTES)
     widths = [h1] + [w.shape[0] for w in weights[:-1]]
     rows = plan_chunk_rows(ts, widths, u.element_size(), budget_bytes)
     u_flat = u.reshape(n_q * tq, h1)
-    p = torch.empty(n_q * n_s * tq, ts, dtype=u.dtype, device=u.device)
+    p = torch.empty(n_q * n_s * tq, ts, dtype=weights[0].dtype, device=u.device)
     for r0 in range(0, p.shape[0], rows):
         r1 = min(p.shape[0], r0 + rows)
         uidx, sidx = _row_indices(r0, r1, n_s, tq, u.device)

@@ -306,14 +306,14 @@ def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     m = _meta(u, v, w2, w3)
     n_tiles = m["n_ib"] * m["n_jb"]
     partial = _new_output((m["n_q"] * m["n_s"], n_tiles), torch.float32, u.device)
-    p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), u.dtype, u.device)
+    p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), w2.dtype, u.device)
     _tap_fwd_kernel[(n_tiles, m["n_q"] * m["n_s"])](
         u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
         m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles,
         STORE_P=store_p, BI=m["bi"], BJ=m["bj"], BH2=_pad(m["h2"]), BH3=_pad(m["h3"]),
-        DOT_PREC=_dot_precision(u.dtype),
+        DOT_PREC=_dot_precision(w2.dtype),
     )
-    return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(u.dtype), p_out
+    return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(w2.dtype), p_out
 
 
 def _groups(n_outer_items: int, n_inner: int, target: int, groups) -> int:
@@ -332,7 +332,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     dev, f32 = u.device, torch.float32
     target = 2 * _sm_count(dev)
     gs = grad_scores.contiguous()
-    common = dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(h2), BH3=_pad(h3), DOT_PREC=_dot_precision(u.dtype))
+    common = dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(h2), BH3=_pad(h3), DOT_PREC=_dot_precision(w2.dtype))
 
     # Pass 1 (OWN_U): dU, dcos and all weight/bias grads of layers 2..4.
     gu = _groups(n_q * m["n_ib"], n_s, target, groups_u)

@@ -16,6 +16,15 @@ VARIANTS = ("standard", "otam")
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
 
+def _tolerance(dtype, n, m):
+    """float32 rounding grows with the path length: on an H200, 1000 x 900 costs gave gradient errors
+    of 3.4e-4, the same as the CPU float32 kernel's (1.8e-7 per step); allow 4e-7 per step."""
+    tol = dict(TOL[dtype])
+    if dtype == torch.float32:
+        tol["atol"] = max(tol["atol"], 4e-7 * (n + m))
+    return tol
+
+
 def _compare(batch, n, m, gamma, variant, dtype, oracle, seed):
     gen = torch.Generator().manual_seed(seed)
     cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2  # 1 - cos range
@@ -25,13 +34,13 @@ def _compare(batch, n, m, gamma, variant, dtype, oracle, seed):
     (ref * weights).sum().backward()
 
     x = cost.to("cuda", dtype).requires_grad_()
-    x.grad = None
     out = soft_dtw(x, gamma, variant)
     (out * weights.to("cuda", dtype)).sum().backward()
     assert out.device.type == "cuda" and out.dtype == dtype and out.shape == (batch,)
-    torch.testing.assert_close(out.double().cpu(), ref.detach(), **TOL[dtype])
+    tol = _tolerance(dtype, n, m)
+    torch.testing.assert_close(out.double().cpu(), ref.detach(), **tol)
     # Gradients are expected alignments in [0, 1]: an absolute bound is the meaningful one.
-    torch.testing.assert_close(x.grad.double().cpu(), ref_in.grad, **TOL[dtype])
+    torch.testing.assert_close(x.grad.double().cpu(), ref_in.grad, **tol)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

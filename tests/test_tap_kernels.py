@@ -63,9 +63,16 @@ def test_torch_path_forward_and_grads_match_reference(shape, budget):
         assert rel_err(g, w) < 1e-10
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_torch_path_low_precision(dtype, tol):
-    x, y, ws, bs = make_tap_inputs(2, 3, 5, 4, 12, (20, 10, 6), dtype=dtype, seed=7, requires_grad=True)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("shape,seed", [
+    ((2, 3, 5, 4, 12, (20, 10, 6)), 7),
+    # Seen on an H200 with U and V rounded to bf16 (the Triton and torch paths alike): dW1 3x and
+    # db3 3.6x over the bound.  The fp32 prelude (tap._prelude) brings them under it.
+    ((2, 3, 5, 7, 12, (20, 10, 6)), 29),
+    ((3, 2, 3, 6, 7, (33, 17, 16)), 21),
+])
+def test_torch_path_low_precision(dtype, tol, shape, seed):
+    x, y, ws, bs = make_tap_inputs(*shape[:5], shape[5], dtype=dtype, seed=seed, requires_grad=True)
     ref = [t.detach().double().requires_grad_() for t in (x, y, *ws, *bs)]
     got = tap_scores(x, y, ws, bs, backend="torch", budget_bytes=2048)
     want = tap_scores_reference(ref[0], ref[1], ref[2:6], ref[6:])
