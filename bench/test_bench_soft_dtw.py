@@ -19,6 +19,14 @@ import torch
 from bench_utils import time_cuda
 from tap_fast.kernels import soft_dtw
 
+import numpy as np  # noqa: E402
+
+# numba-cuda (pysdtw's CUDA backend) still uses np.row_stack, which numpy 2.5 removed: seen on the
+# H200 image (numba-cuda + numpy 2.5.2), where every pysdtw CUDA row failed at import.  The alias is
+# exact (row_stack was vstack), and only the comparison library needs it.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
 pysdtw = pytest.importorskip("pysdtw", reason="pip install pysdtw (numba) for the comparison")
 from pysdtw.sdtw_cpu import SoftDTWcpu  # noqa: E402
 

@@ -20,12 +20,19 @@ same kernel twice (constexpr OWN_U):
   * OWN_U: a work item is (q, i-block, s-group); it loops over the s in its group and all j-blocks,
     accumulates dU into its own slice of dU_part[s-group] and writes dcos; the program also
     accumulates the weight/bias gradients into its own partial slot (persistent grid of NPROG
-    programs, each with one slot: memory NPROG * |weights|, summed afterwards in a fixed order).
+    programs, one per SM, each with one slot: memory NPROG * |weights|, summed afterwards in a fixed
+    order).
   * OWN_V: a work item is (s, j-block, q-group); it only accumulates dV into dV_part[q-group].
+Within an item, tiles go in chunks of BWD_CHUNK, in two phases.  Phase A, tile by tile: recompute
+the forward and push the gradient back to dz2 [BM, H2], parked in the program's scratch slot.
+Phase B, K-block by K-block: dz1 = (dz2 @ W2) * [z1 > 0] and dW2 += dz2^T h1 for every tile of the
+chunk, accumulated in registers, then one read-modify-write of the dU/dV and dW2 partials per chunk
+(at paper widths that traffic is 2 MiB per tile; the first version paid it per tile, held W3 in
+registers across its loop, and ran its backward at ~20x its forward's time on an H200).
 All reductions are deterministic (fixed loop order, owned buffers, torch sums of partials).  The
 cost is one extra forward+dz1 recompute; atomics would avoid it but are not deterministic.
 
-Extra memory: O((G_u + G_v) * (Q + S) * T * H1 + NPROG * |weights| + Q*S*tiles).
+Extra memory: O((G_u + G_v) * (Q + S) * T * H1 + NPROG * (|weights| + BWD_CHUNK * BM * H2) + Q*S*tiles).
 
 dtypes: fp32 (tf32 tensor cores when torch.backends.cuda.matmul.allow_tf32), fp16, bf16 operands,
 always fp32 accumulation.  Under TRITON_INTERPRET=1 (CPU tests) one small config is used; on GPU the
@@ -180,12 +187,30 @@ def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
 _BWD_ACCUMULATORS = ["DU_PART", "DV_PART", "DW2_P", "DB2_P", "DW3_P", "DB3_P", "DW4_P", "DB4_P"]
 
 
+@triton.jit
+def _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
+    """(q, s, i-block, j-block, group) of inner tile t of a work item.  An item is (own index, own
+    block, group of the other side); its tiles run over (other index in the group, other block).
+    OWN_U: own = q over i-blocks, other = s over j-blocks; OWN_V swaps the roles."""
+    if OWN_U:
+        n_own_blocks, n_other_blocks, n_other = n_ib, n_jb, S
+    else:
+        n_own_blocks, n_other_blocks, n_other = n_jb, n_ib, Q
+    g = item % ((n_other + per_group - 1) // per_group)
+    own_block = item // ((n_other + per_group - 1) // per_group)
+    own, ob = own_block // n_own_blocks, own_block % n_own_blocks
+    other, xb = g * per_group + t // n_other_blocks, t % n_other_blocks
+    if OWN_U:
+        return own, other, ob, xb, g
+    return other, own, xb, ob, g
+
+
 @triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "OWN_U"],
                  reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
 @triton.jit
 def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
-                    DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P,
-                    Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, NPROG,
+                    DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
+                    Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, NPROG, CHUNK,
                     OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                     BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr):
     BM: tl.constexpr = BI * BJ
@@ -194,82 +219,92 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
     n3 = tl.arange(0, BH3)
     m2 = n2 < H2
     m3 = n3 < H3
-    w4 = tl.load(W4 + n3, mask=m3, other=0.0).to(tl.float32)
-    # W3 [BH3, BH2] (row-major [H3, H2]) for dz2 = dz3 @ W3.
-    w3 = tl.load(W3 + n3[:, None] * H2 + n2[None, :], mask=m3[:, None] & m2[None, :], other=0.0)
+    rows = tl.arange(0, BM)
     # Small weight-grad accumulators stay in registers for the whole persistent loop.
     db2 = tl.zeros((BH2,), dtype=tl.float32)
     db3 = tl.zeros((BH3,), dtype=tl.float32)
     dw4 = tl.zeros((BH3,), dtype=tl.float32)
     db4 = tl.zeros((BM,), dtype=tl.float32)
     for item in range(pid, n_items, NPROG):
-        if OWN_U:
-            # item = (q, i-block, s-group); inner loop over (s in group, j-block)
-            g = item % ((S + per_group - 1) // per_group)
-            qi = item // ((S + per_group - 1) // per_group)
-            q = qi // n_ib
-            i0 = (qi % n_ib) * BI
+        _, _, _, _, g = _tile_coords(item, 0, per_group, n_ib, n_jb, Q, S, OWN_U)
+        if OWN_U:  # item = (q, i-block, s-group): tiles over (s in group, j-block)
             n_inner = tl.minimum(per_group, S - g * per_group) * n_jb
-        else:
-            # item = (s, j-block, q-group); inner loop over (q in group, i-block)
-            g = item % ((Q + per_group - 1) // per_group)
-            sj = item // ((Q + per_group - 1) // per_group)
-            s = sj // n_jb
-            j0 = (sj % n_jb) * BJ
+        else:  # item = (s, j-block, q-group): tiles over (q in group, i-block)
             n_inner = tl.minimum(per_group, Q - g * per_group) * n_ib
-        for t in range(0, n_inner):
-            if OWN_U:
-                s = g * per_group + t // n_jb
-                j0 = (t % n_jb) * BJ
-            else:
-                q = g * per_group + t // n_ib
-                i0 = (t % n_ib) * BI
-            i, j, ok = _tile_rows(q, s, i0, j0, Tq, Ts, BI, BJ)
-            z2, h2, z3, h3, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts, H1, H2, H3,
-                                              BK, BM, BH2, BH3, DOT_PREC)
-            pair = ((q * S + s) * Tq + i) * Ts + j
-            c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
-            gs = tl.load(GS + q * S + s).to(tl.float32)
-            # d score / d logit = g * cos * P (1 - P); zero on padding rows so nothing below leaks.
-            dz4 = tl.where(ok, gs * c * p * (1.0 - p), 0.0)
-            dz3 = tl.where(z3 > 0, dz4[:, None] * w4[None, :], 0.0)  # [BM, BH3]
-            dz2 = tl.dot(dz3.to(w3.dtype), w3, input_precision=DOT_PREC)
-            dz2 = tl.where(z2 > 0, dz2, 0.0)  # [BM, BH2]
-            if OWN_U:
-                tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
-                db4 += dz4
-                dw4 += tl.sum(dz4[:, None] * h3, axis=0)
-                db3 += tl.sum(dz3, axis=0)
-                db2 += tl.sum(dz2, axis=0)
-                # dW3 slot [H3, H2] += dz3^T h2  (program-owned slot: plain read-modify-write)
-                w3_ptr = DW3_P + pid * H3 * H2 + n3[:, None] * H2 + n2[None, :]
-                w3_msk = m3[:, None] & m2[None, :]
-                dw3 = tl.dot(tl.trans(dz3.to(w3.dtype)), h2.to(w3.dtype), input_precision=DOT_PREC)
-                tl.store(w3_ptr, tl.load(w3_ptr, mask=w3_msk, other=0.0) + dw3, mask=w3_msk)
-            dz2_op = dz2.to(w3.dtype)
+        for c0 in range(0, n_inner, CHUNK):
+            c1 = tl.minimum(c0 + CHUNK, n_inner)
+            # Phase A, tile by tile: recompute the forward, push the gradient back to dz2 (layers 4, 3
+            # and their small weight grads), park dz2 [BM, H2] in this program's scratch slot.
+            for t in range(c0, c1):
+                q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
+                i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
+                z2, h2, z3, h3, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts,
+                                                  H1, H2, H3, BK, BM, BH2, BH3, DOT_PREC)
+                pair = ((q * S + s) * Tq + i) * Ts + j
+                c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
+                gs = tl.load(GS + q * S + s).to(tl.float32)
+                # d score / d logit = g * cos * P (1 - P); zero on padding rows so nothing below leaks.
+                dz4 = tl.where(ok, gs * c * p * (1.0 - p), 0.0)
+                w4 = tl.load(W4 + n3, mask=m3, other=0.0).to(tl.float32)
+                dz3 = tl.where(z3 > 0, dz4[:, None] * w4[None, :], 0.0)  # [BM, BH3]
+                # W3 [BH3, BH2] (row-major [H3, H2]) for dz2 = dz3 @ W3; loaded per tile (L1/L2) rather
+                # than held in registers across the loop.
+                w3 = tl.load(W3 + n3[:, None] * H2 + n2[None, :], mask=m3[:, None] & m2[None, :], other=0.0)
+                dz2 = tl.dot(dz3.to(w3.dtype), w3, input_precision=DOT_PREC)
+                dz2 = tl.where(z2 > 0, dz2, 0.0)  # [BM, BH2]
+                if OWN_U:
+                    tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
+                    db4 += dz4
+                    dw4 += tl.sum(dz4[:, None] * h3, axis=0)
+                    db3 += tl.sum(dz3, axis=0)
+                    db2 += tl.sum(dz2, axis=0)
+                    # dW3 slot [H3, H2] += dz3^T h2  (program-owned slot: plain read-modify-write)
+                    w3_ptr = DW3_P + pid * H3 * H2 + n3[:, None] * H2 + n2[None, :]
+                    w3_msk = m3[:, None] & m2[None, :]
+                    dw3 = tl.dot(tl.trans(dz3.to(w3.dtype)), h2.to(w3.dtype), input_precision=DOT_PREC)
+                    tl.store(w3_ptr, tl.load(w3_ptr, mask=w3_msk, other=0.0) + dw3, mask=w3_msk)
+                slot = (pid * CHUNK + (t - c0)) * BM + rows
+                tl.store(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :], dz2.to(DZ2_SCRATCH.dtype.element_ty))
+            tl.debug_barrier()  # the chunk's dz2 rows, written by all threads, are read back below
+            # Phase B, K-block by K-block over the whole chunk: dz1 = (dz2 @ W2) * [z1 > 0] reduced into
+            # the item's dU (or dV) rows, and dW2 += dz2^T h1, both in registers across the chunk's
+            # tiles: one read-modify-write of the partial buffers per chunk instead of per tile.
             for k0 in range(0, H1, BK):
-                pos1, h1 = _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK)
                 k = k0 + tl.arange(0, BK)
                 km = k < H1
                 w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
-                dz1 = tl.dot(dz2_op, w2, input_precision=DOT_PREC)  # [BM, BK]
-                dz1 = tl.where(pos1, dz1, 0.0)
+                acc_w2 = tl.zeros((BH2, BK), dtype=tl.float32)
+                if OWN_U:
+                    acc = tl.zeros((BI, BK), dtype=tl.float32)
+                else:
+                    acc = tl.zeros((BJ, BK), dtype=tl.float32)
+                for t in range(c0, c1):
+                    q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
+                    i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
+                    pos1, h1 = _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK)
+                    slot = (pid * CHUNK + (t - c0)) * BM + rows
+                    dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
+                    dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BK]
+                    dz1 = tl.where(pos1, dz1, 0.0)
+                    if OWN_U:
+                        acc_w2 = tl.dot(tl.trans(dz2), h1.to(w2.dtype), acc_w2, input_precision=DOT_PREC)
+                        acc += tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=1)  # rows are i-major
+                    else:
+                        acc += tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=0)
+                q, s, ib, jb, _ = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
                 if OWN_U:
                     w2_ptr = DW2_P + pid * H2 * H1 + n2[:, None] * H1 + k[None, :]
                     w2_msk = m2[:, None] & km[None, :]
-                    dw2 = tl.dot(tl.trans(dz2_op), h1.to(w2.dtype), input_precision=DOT_PREC)
-                    tl.store(w2_ptr, tl.load(w2_ptr, mask=w2_msk, other=0.0) + dw2, mask=w2_msk)
-                    # sum over the tile's j (rows are i-major): [BI, BJ, BK] -> [BI, BK]
-                    part = tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=1)
-                    ii = i0 + tl.arange(0, BI)
+                    tl.store(w2_ptr, tl.load(w2_ptr, mask=w2_msk, other=0.0) + acc_w2, mask=w2_msk)
+                    ii = ib * BI + tl.arange(0, BI)
                     ptr = DU_PART + ((g * Q + q) * Tq + ii)[:, None] * H1 + k[None, :]
                     msk = (ii < Tq)[:, None] & km[None, :]
                 else:
-                    part = tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=0)
-                    jj = j0 + tl.arange(0, BJ)
+                    jj = jb * BJ + tl.arange(0, BJ)
                     ptr = DV_PART + ((g * S + s) * Ts + jj)[:, None] * H1 + k[None, :]
                     msk = (jj < Ts)[:, None] & km[None, :]
-                tl.store(ptr, tl.load(ptr, mask=msk, other=0.0) + part, mask=msk)
+                tl.store(ptr, tl.load(ptr, mask=msk, other=0.0) + acc, mask=msk)
+            tl.debug_barrier()  # the next chunk overwrites the scratch slot
     if OWN_U:
         tl.store(DB2_P + pid * H2 + n2, db2, mask=m2)
         tl.store(DB3_P + pid * H3 + n3, db3, mask=m3)
@@ -323,23 +358,35 @@ def _groups(n_outer_items: int, n_inner: int, target: int, groups) -> int:
     return max(1, min(int(groups), n_inner))
 
 
-def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None):
-    """All gradients of scores w.r.t. (u, v, cos, w2, b2, w3, b3, w4, b4).  groups_u/groups_v/nprog
+# Tiles per phase-B sweep of the backward: dz2 of CHUNK tiles (CHUNK x BM x H2 in the operand dtype,
+# 256 KiB at BM = 64, H2 = 256, bf16) is parked per program; small enough to stay in L2 for all
+# programs, large enough to divide the partial buffers' read-modify-write traffic by CHUNK.
+BWD_CHUNK = 8
+
+
+def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None,
+              chunk=BWD_CHUNK):
+    """All gradients of scores w.r.t. (u, v, cos, w2, b2, w3, b3, w4, b4).  groups_u/groups_v/nprog/chunk
     override the work split (tests use them to cover every split; the result must not change)."""
     u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
     m = _meta(u, v, w2, w3)
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev, f32 = u.device, torch.float32
-    target = 2 * _sm_count(dev)
+    sms = _sm_count(dev)
     gs = grad_scores.contiguous()
     common = dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(h2), BH3=_pad(h3), DOT_PREC=_dot_precision(w2.dtype))
+    bm = m["bi"] * m["bj"]
 
-    # Pass 1 (OWN_U): dU, dcos and all weight/bias grads of layers 2..4.
-    gu = _groups(n_q * m["n_ib"], n_s, target, groups_u)
+    def scratch(programs):
+        return torch.empty(programs * chunk * bm * _pad(h2), dtype=w2.dtype, device=dev)
+
+    # Pass 1 (OWN_U): dU, dcos and all weight/bias grads of layers 2..4.  One program per SM: each
+    # owns a weight-gradient slot (NPROG x |weights| in fp32).
+    gu = _groups(n_q * m["n_ib"], n_s, 2 * sms, groups_u)
     per_u = math.ceil(n_s / gu)
     gu = math.ceil(n_s / per_u)
     items_u = n_q * m["n_ib"] * gu
-    nprog_u = max(1, min(items_u, nprog if nprog is not None else target))
+    nprog_u = max(1, min(items_u, nprog if nprog is not None else sms))
     dcos = _new_output(cos.shape, cos.dtype, dev)
     du_part = torch.zeros(gu, n_q, tq, h1, dtype=f32, device=dev)
     dw2_p = torch.zeros(nprog_u, h2, h1, dtype=f32, device=dev)
@@ -351,20 +398,21 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     dummy = torch.zeros(1, dtype=f32, device=dev)
     _tap_bwd_kernel[(nprog_u,)](
         u, v, cos, gs, w2, b2, w3, b3, w4, b4,
-        dcos, du_part, dummy, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p,
-        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_u, items_u, nprog_u,
+        dcos, du_part, dummy, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p, scratch(nprog_u),
+        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_u, items_u, nprog_u, chunk,
         OWN_U=True, **common,
     )
     # Pass 2 (OWN_V): dV only.
-    gv = _groups(n_s * m["n_jb"], n_q, target, groups_v)
+    gv = _groups(n_s * m["n_jb"], n_q, 2 * sms, groups_v)
     per_v = math.ceil(n_q / gv)
     gv = math.ceil(n_q / per_v)
     items_v = n_s * m["n_jb"] * gv
+    nprog_v = max(1, min(items_v, nprog if nprog is not None else 2 * sms))
     dv_part = torch.zeros(gv, n_s, ts, h1, dtype=f32, device=dev)
-    _tap_bwd_kernel[(items_v,)](
+    _tap_bwd_kernel[(nprog_v,)](
         u, v, cos, gs, w2, b2, w3, b3, w4, b4,
-        dummy, dummy, dv_part, dummy, dummy, dummy, dummy, dummy, dummy,
-        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_v, items_v, items_v,
+        dummy, dummy, dv_part, dummy, dummy, dummy, dummy, dummy, dummy, scratch(nprog_v),
+        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_v, items_v, nprog_v, chunk,
         OWN_U=False, **common,
     )
     return (

@@ -64,9 +64,11 @@ def test_fused_forward_and_all_grads_match_float64(dtype, tol, shape):
         assert rel_err(g, w) <= bound, f"grad {name}: {rel_err(g, w):.2e} > {bound:.2e}"
 
 
-@pytest.mark.parametrize("groups_u,groups_v,nprog", [(1, 1, 1), (2, 3, 2), (3, 2, 5), (None, None, None)])
-def test_backward_work_split_is_exact(groups_u, groups_v, nprog):
-    """Every split of the backward (s-groups, q-groups, persistent programs) gives the same gradients."""
+@pytest.mark.parametrize("groups_u,groups_v,nprog,chunk",
+                         [(1, 1, 1, 1), (2, 3, 2, 2), (3, 2, 5, 3), (1, 2, 2, 64), (None, None, None, None)])
+def test_backward_work_split_is_exact(groups_u, groups_v, nprog, chunk):
+    """Every split of the backward (s-groups, q-groups, persistent programs, tiles per phase-B chunk)
+    gives the same gradients."""
     q, s, tq, ts, h1 = 3, 3, 4, 5, 18
     x, y, ws, bs = make_tap_inputs(q, s, tq, ts, 6, (h1, 12, 7), dtype=torch.float64, device="cpu", seed=5)
     from tap_fast.kernels.tap import _prelude
@@ -74,7 +76,8 @@ def test_backward_work_split_is_exact(groups_u, groups_v, nprog):
     u, v, cos = (t.float().to(DEVICE) for t in _prelude(x, y, ws, bs))
     layers = [t.float().to(DEVICE) for t in (ws[1], bs[1], ws[2], bs[2], ws[3], bs[3])]
     gs = torch.randn(q, s, device=DEVICE)
-    got = tap_triton._backward(gs, u, v, cos, *layers, groups_u=groups_u, groups_v=groups_v, nprog=nprog)
+    split = dict(groups_u=groups_u, groups_v=groups_v, nprog=nprog) | ({"chunk": chunk} if chunk else {})
+    got = tap_triton._backward(gs, u, v, cos, *layers, **split)
     ref_in = [t.double().cpu().requires_grad_() for t in (u, v, cos, *layers)]
     from tap_fast.kernels.tap_torch import tap_pairs_torch
 
