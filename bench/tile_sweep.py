@@ -31,7 +31,6 @@ def measure(q, s, t, rows, dense):
     os.environ["TAP_FAST_TILE_ROWS"] = str(rows)
     x, y, ws, bs = make_tap_inputs(q, s, t, t, PAPER_D, PAPER_HIDDEN, dtype=torch.bfloat16, device="cuda",
                                    seed=t, requires_grad=True)
-    params = [x, y, *ws, *bs]
 
     def fwd():
         return tap_scores(x, y, ws, bs)
@@ -46,7 +45,6 @@ def measure(q, s, t, rows, dense):
         tflops = useful_flops(q, s, t, backward=mode == "fwd_bwd") / (ms * 1e-3) / 1e12
         row[mode] = {"time_ms": ms, "tflops": tflops, "pct_of_dense": 100 * tflops / dense}
     out, (gx, gy) = fwd_bwd()
-    del params
     return row, [out.detach(), gx, gy]
 
 

@@ -99,6 +99,11 @@ def _prelude(x, y, weights, biases):
     return u, v, cos
 
 
+def _single_layer_p(u, v):
+    """P [Q, S, Tq, Ts] when there is no hidden layer: the first layer is the logit."""
+    return torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0])
+
+
 def tap_scores(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -116,8 +121,7 @@ def tap_scores(
     with precision:
         u, v, cos = _prelude(x, y, weights, biases)
         if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
-            scores = (torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]) * cos).sum(dim=(-2, -1))
-            return scores.to(x.dtype)
+            return (_single_layer_p(u, v) * cos).sum(dim=(-2, -1)).to(x.dtype)
         if resolve_backend(x, widths, backend) == "triton":
             from .tap_triton import tap_pairs_triton
 
@@ -144,7 +148,7 @@ def tap_alignment(
         u, v, cos = _prelude(x, y, weights, biases)
         with torch.no_grad():
             if len(weights) == 1:
-                return torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0]).to(x.dtype), cos
+                return _single_layer_p(u, v).to(x.dtype), cos
             if resolve_backend(x, widths, backend) == "triton":
                 from .tap_triton import tap_p_triton
 

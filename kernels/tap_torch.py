@@ -89,7 +89,7 @@ def _pairs_fwd(u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, weights: lis
 
 @_pairs_fwd.register_fake
 def _(u, v, cos, weights, biases, rows_per_chunk):
-    return u.new_empty(u.shape[0], v.shape[0])
+    return u.new_empty(u.shape[0], v.shape[0], dtype=weights[0].dtype)
 
 
 @torch.library.custom_op("tap_fast::tap_pairs_torch_bwd", mutates_args=())

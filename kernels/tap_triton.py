@@ -438,7 +438,7 @@ def _tap_pairs_fwd(u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, w2: torc
 @_tap_pairs_fwd.register_fake
 def _(u, v, cos, w2, b2, w3, b3, w4, b4, store_p):
     p_shape = (u.shape[0], v.shape[0], u.shape[1], v.shape[1]) if store_p else (1,)
-    return u.new_empty(u.shape[0], v.shape[0]), u.new_empty(p_shape)
+    return u.new_empty(u.shape[0], v.shape[0], dtype=w2.dtype), u.new_empty(p_shape, dtype=w2.dtype)
 
 
 @torch.library.custom_op("tap_fast::tap_pairs_bwd", mutates_args=())

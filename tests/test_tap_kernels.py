@@ -120,6 +120,20 @@ def test_torch_compile_of_torch_path():
     assert max(rel_err(a, b) for a, b in zip(g1, g2)) < 1e-6
 
 
+def test_torch_path_op_with_fp32_prelude_and_bf16_layers():
+    """The prelude hands the op fp32 U, V beside bf16 layers: the fake (meta) kernel torch.compile
+    traces with must give the real op's output dtype, and opcheck compares them."""
+    x, y, ws, bs = make_tap_inputs(2, 3, 3, 4, 6, (10, 8, 4), dtype=torch.bfloat16, seed=11)
+    from tap_fast.kernels.tap import _prelude
+
+    u, v, cos = _prelude(x, y, ws, bs)
+    assert u.dtype == v.dtype == torch.float32
+    args = (u.requires_grad_(), v.requires_grad_(), cos.requires_grad_(),
+            [w.requires_grad_() for w in ws[1:]], [b.requires_grad_() for b in bs[1:]], 5)
+    assert torch.ops.tap_fast.tap_pairs_torch_fwd(*args).dtype == torch.bfloat16
+    torch.library.opcheck(torch.ops.tap_fast.tap_pairs_torch_fwd.default, args)
+
+
 # ---------------------------------------------------------------- memory bound (computed, not allocated)
 
 

@@ -116,6 +116,19 @@ def test_fused_op_under_torch_compile():
     assert max(rel_err(a, b) for a, b in zip(g1, g2)) <= 1e-6
 
 
+def test_fused_op_fake_dtypes_with_fp32_prelude():
+    """fp16 inputs: the prelude's U, V are fp32 while the layers stay fp16; the fake kernel must give
+    the real op's dtypes (scores and P in the layers' dtype), as opcheck verifies."""
+    from tap_fast.kernels.tap import _prelude
+
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 5, (17, 9, 4), dtype=torch.float16, device=DEVICE, seed=12)
+    u, v, cos = _prelude(x, y, ws, bs)
+    args = (u, v, cos, ws[1], bs[1], ws[2], bs[2], ws[3], bs[3], True)
+    scores, p = torch.ops.tap_fast.tap_pairs_fwd(*args)
+    assert u.dtype == torch.float32 and scores.dtype == p.dtype == torch.float16
+    torch.library.opcheck(torch.ops.tap_fast.tap_pairs_fwd.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
 def test_unsupported_depth_falls_back_or_errors():
     x, y, ws, bs = make_tap_inputs(1, 2, 3, 3, 4, (8, 4), device=DEVICE, seed=1)  # 2 hidden layers
     with pytest.raises(ValueError, match="3 hidden layers"):
