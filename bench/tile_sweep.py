@@ -1,12 +1,13 @@
-"""Tile-height sweep for the fused TAP kernels on a GPU: 64 vs 128 GEMM rows per tile.
+"""Tile sweep for the fused TAP kernels on a GPU: GEMM rows per tile (64, 128) x how the K-loop
+reads U and V (broadcast of the tile's distinct rows, or one load per pair row).
 
     python bench/tile_sweep.py --out bench/results/tile_sweep_<device>.json
 
-The tile height (BM = BI * BJ frame pairs) is a heuristic in kernels/tap_triton.py, not autotuned,
-because it fixes the partial-sum buffers' shapes; TAP_FAST_TILE_ROWS overrides it per call. For
-each height: forward and forward+backward time (CUDA events, after autotuning) at the paper's
-widths, bf16, and the relative difference of scores and input gradients against the default
-height (both are checked against float64 in bench/test_bench_tap.py at the default).
+Neither is autotuned: the tile height (BM = BI * BJ frame pairs) fixes the partial-sum buffers'
+shapes, and the U/V read is a design choice to settle once; TAP_FAST_TILE_ROWS and TAP_FAST_UV_LOAD
+override them per call. For each variant: forward and forward+backward time (CUDA events, after
+autotuning) at the paper's widths, bf16, and the relative difference of scores and input gradients
+against the first variant (the default, checked against float64 in bench/test_bench_tap.py).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from tap_fast.kernels import tap_scores  # noqa: E402
 from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs, rel_err  # noqa: E402
 
 
-def measure(q, s, t, rows, dense):
+def measure(q, s, t, rows, uv_load, dense):
     os.environ["TAP_FAST_TILE_ROWS"] = str(rows)
+    os.environ["TAP_FAST_UV_LOAD"] = uv_load
     x, y, ws, bs = make_tap_inputs(q, s, t, t, PAPER_D, PAPER_HIDDEN, dtype=torch.bfloat16, device="cuda",
                                    seed=t, requires_grad=True)
 
@@ -39,7 +41,7 @@ def measure(q, s, t, rows, dense):
         out = fwd()
         return out, torch.autograd.grad(out.sum(), [x, y])
 
-    row = {"Q": q, "S": s, "T": t, "rows": rows}
+    row = {"Q": q, "S": s, "T": t, "rows": rows, "uv_load": uv_load}
     for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
         ms, _ = time_cuda_adaptive(fn, budget_ms=800)
         tflops = useful_flops(q, s, t, backward=mode == "fwd_bwd") / (ms * 1e-3) / 1e12
@@ -51,7 +53,8 @@ def measure(q, s, t, rows, dense):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--rows", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--variants", nargs="+", default=["64/broadcast", "64/rows", "128/broadcast", "128/rows"],
+                    help="ROWS/UV_LOAD pairs; the first is the reference for rel_diff_vs_first")
     ap.add_argument("--T", type=int, nargs="+", default=[32, 64])
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -62,8 +65,9 @@ def main(argv=None) -> int:
     for q, s in ((64, 64), (5, 25)):
         for t in args.T:
             baseline = None
-            for rows in args.rows:
-                row, outs = measure(q, s, t, rows, dense)
+            for variant in args.variants:
+                rows, uv_load = variant.split("/")
+                row, outs = measure(q, s, t, int(rows), uv_load, dense)
                 if baseline is None:
                     baseline = outs
                 else:
@@ -71,6 +75,7 @@ def main(argv=None) -> int:
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
     os.environ.pop("TAP_FAST_TILE_ROWS", None)
+    os.environ.pop("TAP_FAST_UV_LOAD", None)
     result = {"device": device_info("cuda"), "date": time.strftime("%Y-%m-%d"), "dense_tflops": dense,
               "rows": rows_out}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,10 @@ i.e. BM = BI*BJ GEMM rows:
     P  = sigmoid(h3 . w4 + b4)              row reduction
     partial[q, s, tile] = sum P * cos       -> scores = partial.sum(-1)  (deterministic)
 
+The A operand is built from the tile's BI rows of U and BJ rows of V, loaded once per K-block and
+broadcast to the BI*BJ pair rows in registers (TAP_FAST_UV_LOAD=rows loads one U and one V row per
+pair row instead, kept for comparison on a GPU).
+
 No Q*S*T*T*H tensor is ever written.  Backward recomputes the tile (as FlashAttention does) and
 pushes the gradient back through layers 4, 3, 2 and the relu(U + V) operand:
 
@@ -76,33 +80,48 @@ def _tile_shape(tq: int, ts: int) -> tuple[int, int]:
     return max(1, rows // bj), bj
 
 
+def _uv_broadcast() -> bool:
+    """How the K-loop reads U and V (see _h1_block): TAP_FAST_UV_LOAD=rows keeps the row-wise loads, a
+    benchmarking knob for comparing the two on a GPU (bench/tile_sweep.py)."""
+    mode = os.environ.get("TAP_FAST_UV_LOAD", "broadcast")
+    if mode not in ("broadcast", "rows"):
+        raise ValueError(f"TAP_FAST_UV_LOAD must be 'broadcast' or 'rows', got {mode!r}")
+    return mode == "broadcast"
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
 
 
-def _configs():
+def _configs(kernel: str) -> list:
+    """Autotune candidates for kernel "fwd" or "bwd".  Few on purpose: each is compiled once per tile
+    shape (5 of them over T = 4..128) and benchmarked once per shape key.  They span the K-block,
+    warps and pipeline depths that fit a 64 x 256 fp32 accumulator and its operand stages; the
+    backward keeps to 8 warps and BK <= 64, where it does not spill inside its K-loops (4 warps and
+    BK = 128 did: bench/compile_report.py compiles them for sm_90 without a GPU)."""
     if _interpreting():
         return [triton.Config({"BK": 16}, num_warps=1, num_stages=1)]
     if os.environ.get("TAP_FAST_AUTOTUNE", "1") == "0":  # one config: quick CUDA test runs
-        return [triton.Config({"BK": 32}, num_warps=4, num_stages=3)]
-    # Few on purpose: each config is compiled once per tile shape (5 of them over T = 4..128) and
-    # per kernel (3), and benchmarked once per shape key.  These span the K-block / warps / pipeline
-    # depth choices that fit a 64 x 256 fp32 accumulator and its operand stages in shared memory.
+        return [triton.Config({"BK": 32}, num_warps=8, num_stages=3)]
+    if kernel == "fwd":
+        return [
+            triton.Config({"BK": 32}, num_warps=8, num_stages=4),
+            triton.Config({"BK": 64}, num_warps=4, num_stages=3),
+            triton.Config({"BK": 64}, num_warps=8, num_stages=3),
+            triton.Config({"BK": 128}, num_warps=8, num_stages=2),
+        ]
     return [
-        triton.Config({"BK": 32}, num_warps=4, num_stages=4),
-        triton.Config({"BK": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BK": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BK": 64}, num_warps=8, num_stages=2),
         triton.Config({"BK": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BK": 128}, num_warps=8, num_stages=2),
     ]
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Only the K-blocks that suit the first hidden width: BK = 32 alone when H1 <= 32 (wider blocks
-    would be mostly masked), BK >= 64 otherwise (each config costs a compilation per tile shape)."""
-    small = _pad(named_args["H1"]) <= 32
-    kept = [c for c in configs if (c.kwargs["BK"] <= 32) == small]
+    """Drop K-blocks wider than the first hidden width (mostly masked work, and a compilation each)."""
+    kept = [c for c in configs if c.kwargs["BK"] <= _pad(named_args["H1"])]
     return kept or configs[:1]
 
 
@@ -122,58 +141,78 @@ def _tile_rows(q, s, i0, j0, Tq, Ts, BI: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit
-def _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK: tl.constexpr):
-    """First hidden activation for the tile's rows and K-block k0: (z1 > 0 mask, relu(U_qi + V_sj)) in fp32."""
+def _h1_block(U, V, q, s, i0, j0, i, j, ok, k0, Tq, Ts, H1,
+              BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, UV_BCAST: tl.constexpr):
+    """First hidden activation for the tile's rows and K-block k0: (z1 > 0 mask, relu(U_qi + V_sj)) in fp32.
+    UV_BCAST loads the tile's BI rows of U and BJ rows of V once and broadcasts them to the BI*BJ
+    pair rows in registers; otherwise each pair row loads its own U and V rows (BI*BJ of each, the
+    repeats served by the caches).  At paper widths the K-loop streams W2 (32 KiB per K-block) plus
+    these rows from L2, so loading only the distinct rows (8.7 KiB instead of 32 KiB of fp32 at
+    BI x BJ = 2 x 32) raises the GEMM's FLOPs per L2 byte by ~1.5x."""
     k = k0 + tl.arange(0, BK)
-    msk = ok[:, None] & (k < H1)[None, :]
-    u = tl.load(U + (q * Tq + i)[:, None] * H1 + k[None, :], mask=msk, other=0.0).to(tl.float32)
-    v = tl.load(V + (s * Ts + j)[:, None] * H1 + k[None, :], mask=msk, other=0.0).to(tl.float32)
-    z1 = u + v
+    km = k < H1
+    if UV_BCAST:
+        ii = i0 + tl.arange(0, BI)
+        jj = j0 + tl.arange(0, BJ)
+        u = tl.load(U + (q * Tq + ii)[:, None] * H1 + k[None, :], mask=(ii < Tq)[:, None] & km[None, :], other=0.0)
+        v = tl.load(V + (s * Ts + jj)[:, None] * H1 + k[None, :], mask=(jj < Ts)[:, None] & km[None, :], other=0.0)
+        z1 = tl.reshape(u.to(tl.float32)[:, None, :] + v.to(tl.float32)[None, :, :], (BI * BJ, BK))
+        z1 = tl.where(ok[:, None], z1, 0.0)  # padding rows exactly as the row-wise loads leave them
+    else:
+        msk = ok[:, None] & km[None, :]
+        u = tl.load(U + (q * Tq + i)[:, None] * H1 + k[None, :], mask=msk, other=0.0).to(tl.float32)
+        v = tl.load(V + (s * Ts + j)[:, None] * H1 + k[None, :], mask=msk, other=0.0).to(tl.float32)
+        z1 = u + v
     return z1 > 0, tl.maximum(z1, 0.0)
 
 
 @triton.jit
-def _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts, H1, H2, H3,
-                  BK: tl.constexpr, BM: tl.constexpr, BH2: tl.constexpr, BH3: tl.constexpr,
-                  DOT_PREC: tl.constexpr):
-    """Layers 2..4 of the tile: returns z2, h2, z3, h3 (fp32) and P [BM]."""
+def _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i0, j0, i, j, ok, Tq, Ts, H1, H2, H3,
+                  BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, BH2: tl.constexpr,
+                  BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr):
+    """Layers 2..4 of the tile: returns h2 [BM, BH2] in the operand dtype (the layer-3 GEMM's input),
+    h3 [BM, BH3] fp32 and P [BM].  Only post-relu values are returned: relu's mask is h > 0, and
+    dropping z2 keeps one [BM, BH2] tile fewer live in the backward (which spilled with both)."""
     n2 = tl.arange(0, BH2)
     n3 = tl.arange(0, BH3)
-    acc = tl.zeros((BM, BH2), dtype=tl.float32)
+    acc = tl.zeros((BI * BJ, BH2), dtype=tl.float32)
     for k0 in range(0, H1, BK):
-        _, h1 = _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK)
+        _, h1 = _h1_block(U, V, q, s, i0, j0, i, j, ok, k0, Tq, Ts, H1, BI, BJ, BK, UV_BCAST)
         k = k0 + tl.arange(0, BK)
         # W2^T block [BK, BH2]: W2 is [H2, H1] row-major.
         w2t = tl.load(W2 + n2[None, :] * H1 + k[:, None], mask=(n2 < H2)[None, :] & (k < H1)[:, None], other=0.0)
         acc = tl.dot(h1.to(w2t.dtype), w2t, acc, input_precision=DOT_PREC)
-    z2 = acc + tl.load(B2 + n2, mask=n2 < H2, other=0.0).to(tl.float32)[None, :]
-    h2 = tl.maximum(z2, 0.0)
+    b2 = tl.load(B2 + n2, mask=n2 < H2, other=0.0).to(tl.float32)
     w3t = tl.load(W3 + n3[None, :] * H2 + n2[:, None], mask=(n3 < H3)[None, :] & (n2 < H2)[:, None], other=0.0)
-    z3 = tl.dot(h2.to(w3t.dtype), w3t, input_precision=DOT_PREC)
+    h2 = tl.maximum(acc + b2[None, :], 0.0).to(w3t.dtype)
+    z3 = tl.dot(h2, w3t, input_precision=DOT_PREC)
     z3 = z3 + tl.load(B3 + n3, mask=n3 < H3, other=0.0).to(tl.float32)[None, :]
     h3 = tl.maximum(z3, 0.0)
     w4 = tl.load(W4 + n3, mask=n3 < H3, other=0.0).to(tl.float32)
     z4 = tl.sum(h3 * w4[None, :], axis=1) + tl.load(B4).to(tl.float32)
     p = tl.sigmoid(z4)
-    return z2, h2, z3, h3, p
+    return h2, h3, p
 
 
 # ------------------------------------------------------------------------------------------ forward
 
 
-@triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs("fwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST"],
+                 prune_configs_by=_PRUNE)
 @triton.jit
 def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
                     S, Tq, Ts, H1, H2, H3, n_jb, n_tiles,
                     STORE_P: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr):
+                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_qs = tl.program_id(1)
     q = pid_qs // S
     s = pid_qs % S
-    i, j, ok = _tile_rows(q, s, (pid_t // n_jb) * BI, (pid_t % n_jb) * BJ, Tq, Ts, BI, BJ)
-    _, _, _, _, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts, H1, H2, H3,
-                                  BK, BI * BJ, BH2, BH3, DOT_PREC)
+    i0 = (pid_t // n_jb) * BI
+    j0 = (pid_t % n_jb) * BJ
+    i, j, ok = _tile_rows(q, s, i0, j0, Tq, Ts, BI, BJ)
+    _, _, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i0, j0, i, j, ok, Tq, Ts, H1, H2, H3,
+                            BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST)
     pair = (pid_qs * Tq + i) * Ts + j
     c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
     tl.store(PARTIAL + pid_qs * n_tiles + pid_t, tl.sum(tl.where(ok, p * c, 0.0), axis=0))
@@ -182,6 +221,12 @@ def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
 
 
 # ------------------------------------------------------------------------------------------ backward
+
+
+@triton.jit
+def _add_to(ptr, value, mask):
+    """ptr[mask] += value: read-modify-write of a slot only this program writes (deterministic)."""
+    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) + value, mask=mask)
 
 
 _BWD_ACCUMULATORS = ["DU_PART", "DV_PART", "DW2_P", "DB2_P", "DW3_P", "DB3_P", "DW4_P", "DB4_P"]
@@ -205,14 +250,14 @@ def _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
     return other, own, xb, ob, g
 
 
-@triton.autotune(configs=_configs(), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "OWN_U"],
+@triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "OWN_U", "UV_BCAST"],
                  reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
 @triton.jit
 def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                     Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, NPROG, CHUNK,
                     OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr):
+                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr):
     BM: tl.constexpr = BI * BJ
     pid = tl.program_id(0)
     n2 = tl.arange(0, BH2)
@@ -220,11 +265,6 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
     m2 = n2 < H2
     m3 = n3 < H3
     rows = tl.arange(0, BM)
-    # Small weight-grad accumulators stay in registers for the whole persistent loop.
-    db2 = tl.zeros((BH2,), dtype=tl.float32)
-    db3 = tl.zeros((BH3,), dtype=tl.float32)
-    dw4 = tl.zeros((BH3,), dtype=tl.float32)
-    db4 = tl.zeros((BM,), dtype=tl.float32)
     for item in range(pid, n_items, NPROG):
         _, _, _, _, g = _tile_coords(item, 0, per_group, n_ib, n_jb, Q, S, OWN_U)
         if OWN_U:  # item = (q, i-block, s-group): tiles over (s in group, j-block)
@@ -238,33 +278,46 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
             for t in range(c0, c1):
                 q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
                 i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
-                z2, h2, z3, h3, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i, j, ok, Tq, Ts,
-                                                  H1, H2, H3, BK, BM, BH2, BH3, DOT_PREC)
+                h2, h3, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, ib * BI, jb * BJ, i, j, ok,
+                                          Tq, Ts, H1, H2, H3, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST)
+                # h2 waits in the tile's scratch slot while dz3 is formed, then is read back in the
+                # GEMM accumulator's layout (held across, it spilled); dz2 later overwrites it.
+                slot = (pid * CHUNK + (t - c0)) * BM + rows
+                slot_ptr = DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :]
+                tl.store(slot_ptr, h2.to(DZ2_SCRATCH.dtype.element_ty))
                 pair = ((q * S + s) * Tq + i) * Ts + j
                 c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
                 gs = tl.load(GS + q * S + s).to(tl.float32)
                 # d score / d logit = g * cos * P (1 - P); zero on padding rows so nothing below leaks.
                 dz4 = tl.where(ok, gs * c * p * (1.0 - p), 0.0)
                 w4 = tl.load(W4 + n3, mask=m3, other=0.0).to(tl.float32)
-                dz3 = tl.where(z3 > 0, dz4[:, None] * w4[None, :], 0.0)  # [BM, BH3]
+                dz3 = tl.where(h3 > 0, dz4[:, None] * w4[None, :], 0.0)  # [BM, BH3]
+                if OWN_U:
+                    tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
+                    # The small weight grads go to the program's slots per tile (a few KiB): held in
+                    # registers across the loop, their slice layouts cost ~60 registers and spilled.
+                    tl.store(DB4_P + pid, tl.load(DB4_P + pid) + tl.sum(dz4, axis=0))
+                    _add_to(DW4_P + pid * H3 + n3, tl.sum(dz4[:, None] * h3, axis=0), m3)
+                    _add_to(DB3_P + pid * H3 + n3, tl.sum(dz3, axis=0), m3)
+                tl.debug_barrier()  # h2, stored by all threads, is read back in another layout
+                h2 = tl.load(slot_ptr)
+                if OWN_U:
+                    # dW3 slot [H3, H2] += dz3^T h2, accumulated by the GEMM itself (program-owned
+                    # slot: plain read-modify-write), before dz2 exists, so fewer tiles are live.
+                    w3_ptr = DW3_P + pid * H3 * H2 + n3[:, None] * H2 + n2[None, :]
+                    w3_msk = m3[:, None] & m2[None, :]
+                    dw3 = tl.load(w3_ptr, mask=w3_msk, other=0.0)
+                    dw3 = tl.dot(tl.trans(dz3.to(h2.dtype)), h2, dw3, input_precision=DOT_PREC)
+                    tl.store(w3_ptr, dw3, mask=w3_msk)
                 # W3 [BH3, BH2] (row-major [H3, H2]) for dz2 = dz3 @ W3; loaded per tile (L1/L2) rather
                 # than held in registers across the loop.
                 w3 = tl.load(W3 + n3[:, None] * H2 + n2[None, :], mask=m3[:, None] & m2[None, :], other=0.0)
                 dz2 = tl.dot(dz3.to(w3.dtype), w3, input_precision=DOT_PREC)
-                dz2 = tl.where(z2 > 0, dz2, 0.0)  # [BM, BH2]
+                dz2 = tl.where(h2 > 0, dz2, 0.0)  # [BM, BH2]
                 if OWN_U:
-                    tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
-                    db4 += dz4
-                    dw4 += tl.sum(dz4[:, None] * h3, axis=0)
-                    db3 += tl.sum(dz3, axis=0)
-                    db2 += tl.sum(dz2, axis=0)
-                    # dW3 slot [H3, H2] += dz3^T h2  (program-owned slot: plain read-modify-write)
-                    w3_ptr = DW3_P + pid * H3 * H2 + n3[:, None] * H2 + n2[None, :]
-                    w3_msk = m3[:, None] & m2[None, :]
-                    dw3 = tl.dot(tl.trans(dz3.to(w3.dtype)), h2.to(w3.dtype), input_precision=DOT_PREC)
-                    tl.store(w3_ptr, tl.load(w3_ptr, mask=w3_msk, other=0.0) + dw3, mask=w3_msk)
-                slot = (pid * CHUNK + (t - c0)) * BM + rows
-                tl.store(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :], dz2.to(DZ2_SCRATCH.dtype.element_ty))
+                    _add_to(DB2_P + pid * H2 + n2, tl.sum(dz2, axis=0), m2)
+                tl.debug_barrier()  # every thread has read its h2 before dz2 overwrites the slot
+                tl.store(slot_ptr, dz2.to(DZ2_SCRATCH.dtype.element_ty))
             tl.debug_barrier()  # the chunk's dz2 rows, written by all threads, are read back below
             # Phase B, K-block by K-block over the whole chunk: dz1 = (dz2 @ W2) * [z1 > 0] reduced into
             # the item's dU (or dV) rows, and dW2 += dz2^T h1, both in registers across the chunk's
@@ -281,7 +334,8 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 for t in range(c0, c1):
                     q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
                     i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
-                    pos1, h1 = _h1_block(U, V, q, s, i, j, ok, k0, Tq, Ts, H1, BK)
+                    pos1, h1 = _h1_block(U, V, q, s, ib * BI, jb * BJ, i, j, ok, k0, Tq, Ts, H1,
+                                         BI, BJ, BK, UV_BCAST)
                     slot = (pid * CHUNK + (t - c0)) * BM + rows
                     dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
                     dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BK]
@@ -295,7 +349,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 if OWN_U:
                     w2_ptr = DW2_P + pid * H2 * H1 + n2[:, None] * H1 + k[None, :]
                     w2_msk = m2[:, None] & km[None, :]
-                    tl.store(w2_ptr, tl.load(w2_ptr, mask=w2_msk, other=0.0) + acc_w2, mask=w2_msk)
+                    _add_to(w2_ptr, acc_w2, w2_msk)
                     ii = ib * BI + tl.arange(0, BI)
                     ptr = DU_PART + ((g * Q + q) * Tq + ii)[:, None] * H1 + k[None, :]
                     msk = (ii < Tq)[:, None] & km[None, :]
@@ -303,13 +357,8 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     jj = jb * BJ + tl.arange(0, BJ)
                     ptr = DV_PART + ((g * S + s) * Ts + jj)[:, None] * H1 + k[None, :]
                     msk = (jj < Ts)[:, None] & km[None, :]
-                tl.store(ptr, tl.load(ptr, mask=msk, other=0.0) + acc, mask=msk)
+                _add_to(ptr, acc, msk)
             tl.debug_barrier()  # the next chunk overwrites the scratch slot
-    if OWN_U:
-        tl.store(DB2_P + pid * H2 + n2, db2, mask=m2)
-        tl.store(DB3_P + pid * H3 + n3, db3, mask=m3)
-        tl.store(DW4_P + pid * H3 + n3, dw4, mask=m3)
-        tl.store(DB4_P + pid, tl.sum(db4, axis=0))
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -346,7 +395,7 @@ def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
         u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
         m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles,
         STORE_P=store_p, BI=m["bi"], BJ=m["bj"], BH2=_pad(m["h2"]), BH3=_pad(m["h3"]),
-        DOT_PREC=_dot_precision(w2.dtype),
+        DOT_PREC=_dot_precision(w2.dtype), UV_BCAST=_uv_broadcast(),
     )
     return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(w2.dtype), p_out
 
@@ -374,7 +423,8 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     dev, f32 = u.device, torch.float32
     sms = _sm_count(dev)
     gs = grad_scores.contiguous()
-    common = dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(h2), BH3=_pad(h3), DOT_PREC=_dot_precision(w2.dtype))
+    common = dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(h2), BH3=_pad(h3), DOT_PREC=_dot_precision(w2.dtype),
+                  UV_BCAST=_uv_broadcast())
     bm = m["bi"] * m["bj"]
 
     def scratch(programs):

@@ -87,6 +87,26 @@ def test_backward_work_split_is_exact(groups_u, groups_v, nprog, chunk):
         assert rel_err(g, w) <= 1e-3
 
 
+@pytest.mark.parametrize("uv_load,tile_rows", [("rows", None), ("broadcast", 8), ("rows", 32)])
+def test_uv_read_and_tile_height_knobs_match_float64(monkeypatch, uv_load, tile_rows):
+    """The benchmarking knobs (bench/tile_sweep.py) change how tiles are read and cut, never the result:
+    the row-wise U/V read and other tile heights (BI > 1 and BJ < Ts included) against float64."""
+    monkeypatch.setenv("TAP_FAST_UV_LOAD", uv_load)
+    if tile_rows:
+        monkeypatch.setenv("TAP_FAST_TILE_ROWS", str(tile_rows))
+    (got, _, want), (g_got, _, g_want) = _run_all(torch.float32, (2, 2, 6, 11, 5, (20, 10, 6)), seed=11)
+    assert rel_err(got, want) <= FP32_TOL
+    for g, w in zip(g_got, g_want):
+        assert rel_err(g, w) <= FP32_TOL
+
+
+def test_bad_uv_load_knob_is_named(monkeypatch):
+    monkeypatch.setenv("TAP_FAST_UV_LOAD", "gather")
+    x, y, ws, bs = make_tap_inputs(1, 1, 2, 2, 3, (5, 3, 2), device=DEVICE, seed=0)
+    with pytest.raises(ValueError, match="TAP_FAST_UV_LOAD"):
+        tap_scores(x, y, ws, bs, backend="triton")
+
+
 def test_every_output_element_is_written(monkeypatch):
     """Write-only outputs start as NaN: a skipped element would surface as NaN."""
     monkeypatch.setattr(tap_triton, "_new_output", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
