@@ -8,8 +8,9 @@
 #   device: TAP_FAST_COMMIT=<sha> DEADLINE=540 bash bench/gpu_session.sh   (carry .whl: av, pysdtw)
 #   .whl here: pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #              --platform manylinux_2_28_x86_64 -d .whl av==18.1.0 pysdtw==0.0.5
-# Last run (H200, 2026-11-27): build 54 s, tests 103 s, soft-DTW 32 s, fused TAP rows 198 s,
-# reference rows 42 s, training 106 s; bench/results/gpu_session_h200_20261127.md has the outcome.
+# Last run (H200, 2026-11-27, an older stage order): build 54 s, tests 103 s, soft-DTW 32 s, fused
+# TAP rows 198 s, reference rows 42 s, training 106 s; bench/results/gpu_session_h200_20261127.md.
+# Training (issue 6, measured) runs last; the tile sweep now runs right after the soft-DTW rows.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 WORK=$(mktemp -d)
@@ -54,6 +55,9 @@ stage build 240 env TAP_FAST_BUILD_EXT=cuda CUDA_HOME=${CUDA_HOME:-/usr/local/cu
 # The synthetic set (PyAV, CPU) is generated while the GPU checks run.
 python3 -m tap_fast.data.synthetic --workers 4 >"$WORK/synthetic.log" 2>&1 &
 SYNTH=$!
+# Every fused kernel the TAP benchmarks autotune (~250), compiled by 12 processes while the tests
+# run; autotuning alone compiles them one by one (~3 s each). Same knobs as the benchmarks.
+env -u TAP_FAST_AUTOTUNE python3 bench/precompile.py --jobs 12 >"$WORK/precompile.log" 2>&1 &
 
 # Correctness on CUDA (one Triton config: the benchmarks check the autotuned ones against float64).
 # The CPU suites are CI's; here only what needs the GPU.
@@ -61,19 +65,20 @@ stage tests 200 env TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider
   --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py
 BENCH="python3 -m pytest -q -p no:cacheprovider --benchmark-only"
 stage bench_soft_dtw 90 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-json="$WORK/soft_dtw_gpu.json"
+# The design questions first (tile height x how the K-loop reads U and V), then the issue's tables.
+stage tile_sweep 150 python3 bench/tile_sweep.py --out "$WORK/tile_sweep_gpu.json"
 # pytest-benchmark writes its JSON at the end of a session: several short sessions, so a cap loses
 # one of them only (Triton's disk cache keeps the compiled kernels from one session to the next).
 stage bench_tap_fused_5w5s 200 $BENCH bench/test_bench_tap.py -k "fused and 5w5s and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_5w5s.json"
-stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and large and not 128" \
-  --benchmark-json="$WORK/tap_gpu_fused_large.json"
 stage bench_tap_reference 150 $BENCH bench/test_bench_tap.py \
   -k "(eager_ref and not 128) or (compiled_ref and 5w5s and fwd_bwd and (32 or 64))" \
   --benchmark-json="$WORK/tap_gpu_reference.json"
+stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and large and not 128" \
+  --benchmark-json="$WORK/tap_gpu_fused_large.json"
 stage bench_tap_128 120 $BENCH bench/test_bench_tap.py -k "128 and (fused or eager_ref)" \
   --benchmark-json="$WORK/tap_gpu_128.json"
 stage bench_tap_vs_tam 60 $BENCH bench/test_bench_tap_vs_tam.py --benchmark-json="$WORK/tap_vs_tam_gpu.json"
-stage tile_sweep 60 python3 bench/tile_sweep.py --out "$WORK/tile_sweep_gpu.json"
 wait $SYNTH
 stage train 150 python3 bench/train_throughput.py --out "$WORK/train_gpu" --episodes 1000 --workers 6
 echo "== done, $(left) s of $DEADLINE left" | tee -a "$LOG"

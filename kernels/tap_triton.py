@@ -45,6 +45,7 @@ fix the shape of the partial-sum buffers).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -364,6 +365,62 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
 # ------------------------------------------------------------------------------------------ launchers
 
 
+# Set by compile_only(): launches become compilations, recorded here as
+# (kernel name, triton.Config, launch keyword arguments, CompiledKernel).
+_compiled: list | None = None
+
+
+@contextlib.contextmanager
+def compile_only():
+    """Within this context the fused ops launch nothing: every call compiles each autotune candidate
+    of its kernels for exactly the arguments it was given (into Triton's on-disk cache, so a later
+    real call of the same shapes loads instead of compiling) and leaves its outputs unwritten.
+    Yields the list that collects (kernel name, triton.Config, launch kwargs, CompiledKernel).
+
+    Uses: bench/precompile.py fills the cache from many processes at once on a lent GPU, where
+    autotuning compiles one candidate at a time; bench/compile_report.py compiles for sm_90 on a
+    machine without a GPU."""
+    global _compiled
+    saved, _compiled = _compiled, []
+    try:
+        yield _compiled
+    finally:
+        _compiled = saved
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    """kernel[grid](*args, **kwargs), or its compilation only inside compile_only()."""
+    if _compiled is None:
+        kernel[grid](*args, **kwargs)
+        return
+    kernel.nargs = dict(zip(kernel.arg_names, args))  # what Autotuner.warmup sets before pruning
+    configs = kernel.prune_configs(kwargs)
+    kernel.nargs = None
+    for config in configs:
+        compiled = kernel.fn.warmup(*args, grid=grid, **kwargs, **config.all_kwargs())
+        _compiled.append((kernel.fn.__name__, config, kwargs, compiled))
+
+
+def precompile(n_q: int, n_s: int, tq: int, ts: int, hidden: tuple[int, int, int], dtype: torch.dtype,
+               device="cuda") -> list:
+    """Compile, without running, every autotune candidate of the forward and both backward passes for
+    the fused ops' arguments at these sizes (hidden = (H1, H2, H3); U, V in fp32 and the rest in
+    dtype, as tap.py passes them).  Returns [(label, triton.Config, launch kwargs, CompiledKernel)],
+    label in fwd / bwd_u / bwd_v.  Run it with the device (and environment knobs) of the real calls:
+    the work split, hence the kernels' integer arguments, depends on the device's SM count."""
+    h1, h2, h3 = hidden
+    u = torch.zeros(n_q, tq, h1, device=device, requires_grad=True)
+    v = torch.zeros(n_s, ts, h1, device=device, requires_grad=True)
+    cos = torch.zeros(n_q, n_s, tq, ts, dtype=dtype, device=device, requires_grad=True)
+    weights = [torch.zeros(o, i, dtype=dtype, device=device, requires_grad=True) for o, i in ((h2, h1), (h3, h2), (1, h3))]
+    biases = [torch.zeros(o, dtype=dtype, device=device, requires_grad=True) for o in (h2, h3, 1)]
+    with compile_only() as compiled:
+        scores = tap_pairs_triton(u, v, cos, weights, biases)
+        torch.autograd.grad(scores.sum(), [u, v, cos, *weights, *biases])
+    return [("fwd" if "fwd" in name else ("bwd_u" if kwargs["OWN_U"] else "bwd_v"), config, kwargs, kernel)
+            for name, config, kwargs, kernel in compiled]
+
+
 def _new_output(shape, dtype, device) -> torch.Tensor:
     """Allocation of write-only kernel outputs (every element is written by a kernel).  Tests swap it
     for a NaN-filled allocation to prove that; accumulators use torch.zeros instead."""
@@ -391,7 +448,7 @@ def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     n_tiles = m["n_ib"] * m["n_jb"]
     partial = _new_output((m["n_q"] * m["n_s"], n_tiles), torch.float32, u.device)
     p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), w2.dtype, u.device)
-    _tap_fwd_kernel[(n_tiles, m["n_q"] * m["n_s"])](
+    _launch(_tap_fwd_kernel, (n_tiles, m["n_q"] * m["n_s"]),
         u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
         m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles,
         STORE_P=store_p, BI=m["bi"], BJ=m["bj"], BH2=_pad(m["h2"]), BH3=_pad(m["h3"]),
@@ -446,7 +503,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     dw4_p = torch.zeros(nprog_u, h3, dtype=f32, device=dev)
     db4_p = torch.zeros(nprog_u, dtype=f32, device=dev)
     dummy = torch.zeros(1, dtype=f32, device=dev)
-    _tap_bwd_kernel[(nprog_u,)](
+    _launch(_tap_bwd_kernel, (nprog_u,),
         u, v, cos, gs, w2, b2, w3, b3, w4, b4,
         dcos, du_part, dummy, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p, scratch(nprog_u),
         n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_u, items_u, nprog_u, chunk,
@@ -459,7 +516,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     items_v = n_s * m["n_jb"] * gv
     nprog_v = max(1, min(items_v, nprog if nprog is not None else 2 * sms))
     dv_part = torch.zeros(gv, n_s, ts, h1, dtype=f32, device=dev)
-    _tap_bwd_kernel[(nprog_v,)](
+    _launch(_tap_bwd_kernel, (nprog_v,),
         u, v, cos, gs, w2, b2, w3, b3, w4, b4,
         dummy, dummy, dv_part, dummy, dummy, dummy, dummy, dummy, dummy, scratch(nprog_v),
         n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_v, items_v, nprog_v, chunk,

@@ -2,8 +2,9 @@
 
 The interpreter runs the kernels' arithmetic but not Triton's compiler: layouts, the wgmma lowering
 and shared-memory budgets only show up when the kernels are compiled.  bench/compile_report.py does
-that on this CPU machine (Triton's bundled ptxas), so a change that no longer compiles, outgrows
-shared memory or falls off the tensor cores fails here rather than on a lent GPU.
+that on this CPU machine (Triton's bundled ptxas), through the real launchers in compile-only mode
+(tap_triton.precompile), so a change that no longer compiles, outgrows shared memory or falls off
+the tensor cores fails here rather than on a lent GPU.
 """
 import json
 import os
@@ -35,9 +36,11 @@ def test_fused_kernels_compile_for_sm90(tmp_path):
     run = subprocess.run([sys.executable, str(REPORT), "--tq", "8", "--variants", *variants, "--out", str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    reports = json.loads(out.with_suffix(".json").read_text())["reports"]
-    assert {(r["kernel"], r["variant"]) for r in reports} == {
-        (k, v) for k in ("fwd", "bwd_u", "bwd_v") for v in variants}
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert not result["failures"]
+    reports = result["reports"]
+    assert sorted((r["kernel"], r["variant"]) for r in reports) == sorted(
+        (k, v) for k in ("fwd", "bwd_u", "bwd_v") for v in variants)  # one config each
     for r in reports:
-        assert not r["error"] and not r["over_smem_limit"], r
+        assert not r["over_smem_limit"], r
         assert r["wgmma"] > 0 and r["mma_sync"] == 0, f"GEMMs not on Hopper's warpgroup MMA: {r}"

@@ -1,0 +1,75 @@
+"""Fill Triton's on-disk cache with the fused TAP kernels a benchmark run will need, compiling from
+many processes at once.
+
+Autotuning compiles its candidates one after another, ~2-4 s each at the paper's widths: ~10
+kernels per problem shape, ~30 shapes in bench/gpu_session.sh, minutes of a lent GPU's time.  Run
+this first (it launches nothing on the GPU); the benchmarks then load every kernel from the cache.
+
+    python bench/precompile.py --jobs 12                 # what bench/gpu_session.sh benchmarks
+    python bench/precompile.py --episodes 5x25 --tq 32 --variants 64/broadcast --jobs 2
+
+The environment (TAP_FAST_* knobs, TRITON_CACHE_DIR) and the device must be those of the later
+runs: the kernels' integer arguments follow the device's SM count.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compile_report import PAPER_WIDTHS, variant_env  # noqa: E402
+
+DEFAULT_VARIANT = "64/broadcast"
+SWEEP_VARIANTS = ["64/broadcast", "64/rows", "128/broadcast", "128/rows"]  # bench/tile_sweep.py
+# bench/test_bench_tap.py (both episodes, every T) and bench/tile_sweep.py (T = 32, 64).
+DEFAULT_JOBS = sorted({(DEFAULT_VARIANT, q, s, t) for q, s in ((5, 25), (64, 64)) for t in (4, 8, 16, 32, 64, 128)}
+                      | {(v, q, s, t) for v in SWEEP_VARIANTS for q, s in ((5, 25), (64, 64)) for t in (32, 64)})
+
+
+def _compile(variant: str, q: int, s: int, t: int, device: str) -> tuple[str, int, float]:
+    import torch
+
+    from kernels import tap_triton
+
+    start = time.perf_counter()
+    with variant_env(variant):
+        kernels = tap_triton.precompile(q, s, t, t, tuple(PAPER_WIDTHS.values()), torch.bfloat16, device=device)
+    return f"{variant} Q={q} S={s} T={t}", len(kernels), time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--episodes", nargs="+", help="QxS pairs, e.g. 5x25 64x64 (default: the benchmarks')")
+    parser.add_argument("--tq", type=int, nargs="+", help="clip lengths")
+    parser.add_argument("--variants", nargs="+", help="TILE_ROWS/UV_LOAD pairs")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    if args.episodes or args.tq or args.variants:
+        episodes = [tuple(map(int, e.split("x"))) for e in (args.episodes or ["5x25", "64x64"])]
+        jobs = [(v, q, s, t) for v in (args.variants or [DEFAULT_VARIANT]) for q, s in episodes
+                for t in (args.tq or [32, 64])]
+    else:
+        jobs = DEFAULT_JOBS
+    start, failed = time.perf_counter(), 0
+    # spawn: each worker gets its own CUDA context (fork after CUDA init is not allowed).
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_compile, *job, args.device) for job in jobs]
+        for n, future in enumerate(as_completed(futures), start=1):
+            try:
+                name, count, seconds = future.result()
+                print(f"[{n}/{len(jobs)}] {name}: {count} kernels in {seconds:.0f} s", flush=True)
+            except Exception as exc:  # report and go on: the benchmark compiles what is missing
+                failed += 1
+                print(f"[{n}/{len(jobs)}] failed: {type(exc).__name__}: {exc}", flush=True)
+    print(f"precompile: {len(jobs)} shapes, {failed} failed, {time.perf_counter() - start:.0f} s with {args.jobs} processes")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
