@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import device_info, matmul_tflops, time_cuda_adaptive  # noqa: E402
+from compile_report import variant_env  # noqa: E402
 from test_bench_tap import useful_flops  # noqa: E402
 
 from tap_fast.kernels import tap_scores  # noqa: E402
@@ -29,8 +29,6 @@ from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs,
 
 
 def measure(q, s, t, rows, uv_load, dense):
-    os.environ["TAP_FAST_TILE_ROWS"] = str(rows)
-    os.environ["TAP_FAST_UV_LOAD"] = uv_load
     x, y, ws, bs = make_tap_inputs(q, s, t, t, PAPER_D, PAPER_HIDDEN, dtype=torch.bfloat16, device="cuda",
                                    seed=t, requires_grad=True)
 
@@ -67,15 +65,14 @@ def main(argv=None) -> int:
             baseline = None
             for variant in args.variants:
                 rows, uv_load = variant.split("/")
-                row, outs = measure(q, s, t, int(rows), uv_load, dense)
+                with variant_env(variant):
+                    row, outs = measure(q, s, t, int(rows), uv_load, dense)
                 if baseline is None:
                     baseline = outs
                 else:
                     row["rel_diff_vs_first"] = max(rel_err(a, b) for a, b in zip(outs, baseline))
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
-    os.environ.pop("TAP_FAST_TILE_ROWS", None)
-    os.environ.pop("TAP_FAST_UV_LOAD", None)
     result = {"device": device_info("cuda"), "date": time.strftime("%Y-%m-%d"), "dense_tflops": dense,
               "rows": rows_out}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
