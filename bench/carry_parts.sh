@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Carry a folder larger than one device call may (64 MiB) in parts, on consecutive calls while the
-# machine stays warm: the DALI wheels (~258 MB with nvcomp and nvimgcodec) for the GPU decoding bench.
+# machine stays warm: the DALI set for the GPU decoding bench (bench/dali_session.sh).
 #
-#   here:  bash bench/carry_parts.sh split /tmp/daliwhl .parts 56     # -> .parts/part_000, part_001, ...
-#   calls: run(carry=[".parts/part_000", ".parts/part_000.sha256"], command="true"), then part_001,
-#          ... each within 30 s of the last (a warm machine keeps the ignored files earlier calls carried;
-#          not yet tried here: the first call's output should `ls .parts` to confirm);
-#   there: bash bench/carry_parts.sh join .parts /tmp/daliwhl && python3 -m pip install -q --no-index \
-#            --no-deps --target /tmp/site /tmp/daliwhl/*.whl && export PYTHONPATH=/tmp/site
-# .parts/ must be ignored by git (.git/info/exclude); `join` checks the SHA-256 that `split` wrote.
+#   here:  python bench/slim_dali.py /tmp/daliwhl /tmp/dali_site      # ~425 MB, sm_90 code only
+#          bash bench/carry_parts.sh split /tmp/dali_site .parts 56   # xz: 2 parts (~69 MB in all)
+#   calls: run(carry=[".parts/part_000", ".parts/part_000.sha256"], command="ls -l .parts"), then
+#          run(carry=[".parts/part_001"], command="... bash bench/dali_session.sh"), the second
+#          within the warm window of the first (a warm machine keeps what earlier calls carried);
+#   there: bench/dali_session.sh joins them (bash bench/carry_parts.sh join .parts /tmp/dali_site).
+# .parts/ must be ignored by git (.git/info/exclude); `join` checks the SHA-256 that `split` wrote and
+# decompresses with Python's lzma (no xz binary needed there).
 set -euo pipefail
 mode=${1:?split|join}
 case "$mode" in
@@ -16,8 +17,8 @@ case "$mode" in
     src=${2:?source folder} parts=${3:?parts folder} mib=${4:-56}
     mkdir -p "$parts"
     rm -f "$parts"/part_*
-    tar cf - -C "$src" . | split -b "${mib}M" -d -a 3 - "$parts/part_"
-    cat "$parts"/part_* | sha256sum | cut -d' ' -f1 >"$parts/part_000.sha256"
+    tar cf - -C "$src" . | xz -T0 -6 | split -b "${mib}M" -d -a 3 - "$parts/part_"
+    cat "$parts"/part_[0-9][0-9][0-9] | sha256sum | cut -d' ' -f1 >"$parts/part_000.sha256"
     ls -l "$parts"
     ;;
   join)
@@ -26,8 +27,10 @@ case "$mode" in
     got=$(cat "$parts"/part_[0-9][0-9][0-9] | sha256sum | cut -d' ' -f1)
     [[ "$got" == "$want" ]] || { echo "carry_parts: checksum mismatch (missing or broken part?)" >&2; exit 1; }
     mkdir -p "$dest"
-    cat "$parts"/part_[0-9][0-9][0-9] | tar xf - -C "$dest"
-    ls -l "$dest"
+    cat "$parts"/part_[0-9][0-9][0-9] |
+      python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" |
+      tar xf - -C "$dest"
+    du -sh "$dest"
     ;;
   *) echo "usage: $0 split SRC PARTS [MiB] | join PARTS DEST" >&2; exit 2 ;;
 esac

@@ -3,7 +3,8 @@
 # benchmarks and the bf16 / fp32 training runs.  Stages run in priority order, each under its own
 # time cap and within DEADLINE seconds overall, so a short lease still returns the most important
 # numbers.  Results (pytest-benchmark JSON, logs) are packed after every stage into
-# $OUT/results.tgz; unpack into bench/results/ and run bench/report.py here.
+# $OUT/results.tgz; unpack into bench/results/ and run bench/report.py here.  The stage machinery is
+# bench/session_lib.sh (shared with bench/dali_session.sh).
 #
 #   device: TAP_FAST_COMMIT=<sha> DEADLINE=540 bash bench/gpu_session.sh   (carry .whl: av, pysdtw)
 #   .whl here: pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -12,46 +13,11 @@
 # TAP rows 198 s, reference rows 42 s, training 106 s; bench/results/gpu_session_h200_20261127.md.
 # Training (issue 6, measured) runs last; the tile sweep now runs right after the soft-DTW rows.
 set -u
-OUT=${OUT:-/tmp/gpu_out}
-WORK=$(mktemp -d)
 DEADLINE=${DEADLINE:-540}
-T0=$(date +%s)
-export PYTHONUNBUFFERED=1 TAP_FAST_DATA_DIR=/tmp/tap_fast_data MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
-mkdir -p "$OUT"
-LOG="$OUT/log.txt"
-
-left() { echo $((DEADLINE - ($(date +%s) - T0))); }
-pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; }
-# stage NAME CAP CMD...: run CMD for at most min(CAP, time left - 15) s, log its output, pack results.
-stage() {
-  local name=$1 cap=$2; shift 2
-  local avail=$(($(left) - 15))
-  ((cap > avail)) && cap=$avail
-  if ((cap < 20)); then echo "== $name: skipped, $(left) s left" | tee -a "$LOG"; return 1; fi
-  echo "== $name (cap $cap s) $(date +%T)" | tee -a "$LOG"
-  local t=$(date +%s)
-  timeout -k 5 "$cap" "$@" >>"$LOG" 2>&1
-  local rc=$?
-  echo "== $name: rc=$rc in $(($(date +%s) - t)) s" | tee -a "$LOG" "$WORK/stages.txt"
-  pack
-  return $rc
-}
-
-{
-  echo "date $(date -u +%FT%TZ) commit ${TAP_FAST_COMMIT:-unknown}"
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-  nproc
-} >"$WORK/env.txt" 2>&1
-cat "$WORK/env.txt" | tee -a "$LOG"
-
-# Packages the image lacks (PyAV for the synthetic set, pysdtw for the soft-DTW comparison).
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/site
-
-# --use-pep517: without it the image's pip runs `setup.py develop`, which fetches setuptools (no network).
-stage build 240 env TAP_FAST_BUILD_EXT=cuda CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} \
-  python3 -m pip install --no-build-isolation --no-deps --use-pep517 -e . || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
+. "$(dirname "$0")/session_lib.sh"
+describe_machine
+install_carried_wheels
+build_extension || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
 # The synthetic set (PyAV, CPU) is generated while the GPU checks run.
 python3 -m tap_fast.data.synthetic --workers 4 >"$WORK/synthetic.log" 2>&1 &
 SYNTH=$!
