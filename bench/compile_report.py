@@ -1,7 +1,8 @@
 """Compile the fused TAP kernels for a GPU architecture on a machine without one, and report what the
 compiler made of them: registers, spills (and how many spill instructions sit inside innermost
-loops, where they cost on every K-step), shared memory against the architecture's limit, and whether
-the GEMMs became Hopper warpgroup MMAs (wgmma) or plain mma.sync.  It finds the first things a slow
+loops, where they cost on every K-step), the main K-loop's length in instructions per thread,
+shared memory against the architecture's limit, and whether the GEMMs became Hopper warpgroup MMAs
+(wgmma) or plain mma.sync.  It finds the first things a slow
 or unlaunchable kernel shows before a lent GPU's minutes are spent.
 
     python bench/compile_report.py                       # paper widths, T = 32 and 64, every config
@@ -60,6 +61,7 @@ class KernelReport:
     spill_stores: int = 0
     spill_loads: int = 0
     spills_in_inner_loops: int = 0  # LDL/STL instructions inside innermost loops: the costly ones
+    k_loop_instructions: int = 0  # per thread and iteration of the main K-loop
     shared_bytes: int = 0
     over_smem_limit: bool = False
     wgmma: int = 0
@@ -117,10 +119,13 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int, int]:
     return int(re.search(r"Used (\d+) registers", log).group(1)), int(spills.group(1)), int(spills.group(2))
 
 
-def inner_loop_spills(cubin: bytes) -> int:
-    """LDL/STL instructions inside innermost loops of the SASS.  Spills outside them (loop-invariant
-    values parked once and reloaded per tile) cost little next to a tile's GEMMs; inside a K-loop
-    they cost on every step.  A loop is a backward branch to a label."""
+def inner_loops(cubin: bytes) -> tuple[int, int]:
+    """(LDL/STL instructions inside innermost loops, instructions per iteration of the main K-loop)
+    from the SASS.  Spills outside innermost loops (loop-invariant values parked once and reloaded per
+    tile) cost little next to a tile's GEMMs; inside a K-loop they cost on every step.  The main
+    K-loop is the innermost loop with the most warpgroup MMAs; its length per thread against the
+    MMAs' tensor-core cycles says whether issuing the A operand's arithmetic can keep up.  A loop
+    is a backward branch to a label."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
         path.write_bytes(cubin)
@@ -130,7 +135,11 @@ def inner_loop_spills(cubin: bytes) -> int:
     loops = [(labels[m.group(1)], n) for n, line in enumerate(lines)
              if (m := re.search(r"\bBRA\b.*\.(L_x_\d+)", line)) and labels.get(m.group(1), n) < n]
     innermost = [(a, b) for a, b in loops if not any(a < c and d < b for c, d in loops)]
-    return sum(1 for a, b in innermost for line in lines[a:b + 1] if re.search(r"\b(LDL|STL)\b", line))
+    spills = sum(1 for a, b in innermost for line in lines[a:b + 1] if re.search(r"\b(LDL|STL)\b", line))
+    if not innermost:
+        return spills, 0
+    a, b = max(innermost, key=lambda ab: sum("HGMMA" in line for line in lines[ab[0]:ab[1] + 1]))
+    return spills, sum(1 for line in lines[a:b + 1] if re.search(r"/\*[0-9a-f]{4}\*/", line))
 
 
 def analyse(label: str, variant: str, tq: int, config, kwargs: dict, kernel, arch: int) -> KernelReport:
@@ -139,7 +148,7 @@ def analyse(label: str, variant: str, tq: int, config, kwargs: dict, kernel, arc
                           num_warps=config.num_warps, num_stages=config.num_stages)
     ptx = kernel.asm["ptx"]
     report.registers, report.spill_stores, report.spill_loads = _ptxas_usage(ptx, arch)
-    report.spills_in_inner_loops = inner_loop_spills(kernel.asm["cubin"])
+    report.spills_in_inner_loops, report.k_loop_instructions = inner_loops(kernel.asm["cubin"])
     report.shared_bytes = int(kernel.metadata.shared)
     report.over_smem_limit = report.shared_bytes > SMEM_LIMIT.get(arch, 1 << 30)
     report.wgmma = len(re.findall(r"wgmma\.mma_async", ptx))
@@ -150,12 +159,12 @@ def analyse(label: str, variant: str, tq: int, config, kwargs: dict, kernel, arc
 def to_markdown(reports: list[KernelReport], header: str) -> str:
     lines = [header, "",
              "| kernel | variant | T | tile BI x BJ | BK | warps | stages | regs | spills st/ld (B) | spill instr. "
-             "in inner loops | smem (KiB) | wgmma | mma.sync |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "in inner loops | K-loop instr. | smem (KiB) | wgmma | mma.sync |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         smem = f"{r.shared_bytes / 1024:.0f}" + (" **over the limit**" if r.over_smem_limit else "")
         lines.append(f"| {r.kernel} | {r.variant} | {r.tq} | {r.bi}x{r.bj} | {r.bk} | {r.num_warps} | {r.num_stages} | "
-                     f"{r.registers} | {r.spill_stores}/{r.spill_loads} | {r.spills_in_inner_loops} | {smem} | "
+                     f"{r.registers} | {r.spill_stores}/{r.spill_loads} | {r.spills_in_inner_loops} | {r.k_loop_instructions} | {smem} | "
                      f"{r.wgmma} | {r.mma_sync} |")
     return "\n".join(lines) + "\n"
 
