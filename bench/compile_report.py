@@ -123,7 +123,7 @@ def inner_loops(cubin: bytes) -> tuple[int, int]:
     """(LDL/STL instructions inside innermost loops, instructions per iteration of the main K-loop)
     from the SASS.  Spills outside innermost loops (loop-invariant values parked once and reloaded per
     tile) cost little next to a tile's GEMMs; inside a K-loop they cost on every step.  The main
-    K-loop is the innermost loop with the most warpgroup MMAs; its length per thread against the
+    K-loop is the loop with the most warpgroup MMAs among those with no MMA loop inside; its length per thread against the
     MMAs' tensor-core cycles says whether issuing the A operand's arithmetic can keep up.  A loop
     is a backward branch to a label."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,10 +136,13 @@ def inner_loops(cubin: bytes) -> tuple[int, int]:
              if (m := re.search(r"\bBRA\b.*\.(L_x_\d+)", line)) and labels.get(m.group(1), n) < n]
     innermost = [(a, b) for a, b in loops if not any(a < c and d < b for c, d in loops)]
     spills = sum(1 for a, b in innermost for line in lines[a:b + 1] if re.search(r"\b(LDL|STL)\b", line))
-    if not innermost:
+    mma = {(a, b): sum("HGMMA" in line for line in lines[a:b + 1]) for a, b in loops}
+    # Loops with MMAs and no inner loop that has MMAs of its own (a K-loop may hold small loops).
+    k_loops = [(a, b) for (a, b), n in mma.items() if n and not any(a < c and d < b and mma[(c, d)] for c, d in loops)]
+    if not k_loops:
         return spills, 0
-    a, b = max(innermost, key=lambda ab: sum("HGMMA" in line for line in lines[ab[0]:ab[1] + 1]))
-    return spills, sum(1 for line in lines[a:b + 1] if re.search(r"/\*[0-9a-f]{4}\*/", line))
+    a, b = max(k_loops, key=mma.get)
+    return spills, sum(1 for line in lines[a:b + 1] if re.search(r"/\*[0-9a-f]{4,}\*/", line))
 
 
 def analyse(label: str, variant: str, tq: int, config, kwargs: dict, kernel, arch: int) -> KernelReport:
