@@ -34,7 +34,7 @@ DEFAULT_JOBS = sorted({(DEFAULT_VARIANT, q, s, t) for q, s in ((5, 25), (64, 64)
 def _compile(variant: str, q: int, s: int, t: int, device: str) -> tuple[str, int, float]:
     import torch
 
-    from kernels import tap_triton
+    from tap_fast.kernels import tap_triton  # the module the benchmarks call: same kernels, same cache keys
 
     start = time.perf_counter()
     with variant_env(variant):
