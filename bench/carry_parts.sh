@@ -2,7 +2,11 @@
 # Carry a folder larger than one device call may (64 MiB) in parts, on consecutive calls while the
 # machine stays warm: the DALI set for the GPU decoding bench (bench/dali_session.sh).
 #
-#   here:  python bench/slim_dali.py /tmp/daliwhl /tmp/dali_site      # ~425 MB, sm_90 code only
+#   here:  pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_28_x86_64 -d /tmp/daliwhl nvidia-dali-cuda130==2.4.0 \
+#            nvidia-libnvcomp-cu13==5.3.0.16 nvidia-nvimgcodec-cu13==0.9.0.20 astunparse==1.6.3 gast==0.7.0 \
+#            makefun==1.16.0 libcst==1.9.0 nvtx==0.2.17 optree==0.20.0      # DALI and what it imports
+#          python bench/slim_dali.py /tmp/daliwhl /tmp/dali_site      # ~425 MB, sm_90 code only
 #          bash bench/carry_parts.sh split /tmp/dali_site .parts 56   # xz: 2 parts (~69 MB in all)
 #   calls: run(carry=[".parts/part_000", ".parts/part_000.sha256"], command="ls -l .parts"), then
 #          run(carry=[".parts/part_001"], command="... bash bench/dali_session.sh"), the second
