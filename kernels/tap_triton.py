@@ -348,10 +348,10 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 km = _below(k, H1, EVEN_K)
                 w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
                 acc_w2 = tl.zeros((BH2, BK), dtype=tl.float32)
-                if OWN_U:
-                    acc = tl.zeros((BI, BK), dtype=tl.float32)
-                else:
-                    acc = tl.zeros((BJ, BK), dtype=tl.float32)
+                # Every tile of an item maps its rows to the same own rows (i for OWN_U, j for OWN_V),
+                # so dz1 is summed over the chunk's tiles first and reduced to those rows once per
+                # K-block: the row reduction (warp shuffles, shared memory) was the loop's largest cost.
+                acc_rows = tl.zeros((BM, BK), dtype=tl.float32)
                 for t in range(c0, c1):
                     q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
                     i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
@@ -360,13 +360,14 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     slot = (pid * CHUNK + (t - c0)) * BM + rows
                     dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
                     dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BK]
-                    dz1 = tl.where(pos1, dz1, 0.0)
+                    acc_rows += tl.where(pos1, dz1, 0.0)
                     if OWN_U:
                         acc_w2 = tl.dot(tl.trans(dz2), h1.to(w2.dtype), acc_w2, input_precision=DOT_PREC)
-                        acc += tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=1)  # rows are i-major
-                    else:
-                        acc += tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=0)
                 q, s, ib, jb, _ = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
+                if OWN_U:
+                    acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=1)  # rows are i-major
+                else:
+                    acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=0)
                 if OWN_U:
                     w2_ptr = DW2_P + pid * H2 * H1 + n2[:, None] * H1 + k[None, :]
                     w2_msk = m2[:, None] & km[None, :]
