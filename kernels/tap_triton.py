@@ -462,6 +462,12 @@ def _meta(u, v, w2, w3):
                 n_ib=triton.cdiv(tq, bi), n_jb=triton.cdiv(ts, bj))
 
 
+def _tile_constexprs(m: dict, dtype: torch.dtype) -> dict:
+    """The compile-time arguments the forward and backward kernels share."""
+    return dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(m["h2"]), BH3=_pad(m["h3"]), DOT_PREC=_dot_precision(dtype),
+                UV_BCAST=_uv_broadcast(), FULL_H2=_pad(m["h2"]) == m["h2"])
+
+
 def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     # The kernels index raw row-major memory: make every operand contiguous (no-op when it already is).
     u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
@@ -472,8 +478,7 @@ def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     _launch(_tap_fwd_kernel, (n_tiles, m["n_q"] * m["n_s"]),
         u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
         m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles,
-        STORE_P=store_p, BI=m["bi"], BJ=m["bj"], BH2=_pad(m["h2"]), BH3=_pad(m["h3"]),
-        DOT_PREC=_dot_precision(w2.dtype), UV_BCAST=_uv_broadcast(), FULL_H2=_pad(m["h2"]) == m["h2"],
+        STORE_P=store_p, **_tile_constexprs(m, w2.dtype),
     )
     return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(w2.dtype), p_out
 
@@ -501,8 +506,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     dev, f32 = u.device, torch.float32
     sms = _sm_count(dev)
     gs = grad_scores.contiguous()
-    common = dict(BI=m["bi"], BJ=m["bj"], BH2=_pad(h2), BH3=_pad(h3), DOT_PREC=_dot_precision(w2.dtype),
-                  UV_BCAST=_uv_broadcast(), FULL_H2=_pad(h2) == h2)
+    common = _tile_constexprs(m, w2.dtype)
     bm = m["bi"] * m["bj"]
 
     def scratch(programs):
