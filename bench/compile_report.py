@@ -40,7 +40,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from tap_fast.kernels import tap_triton  # noqa: E402  (the module the benchmarks call)
 
 PAPER_WIDTHS = dict(H1=1024, H2=256, H3=64)
-KERNELS = ("fwd", "bwd_u", "bwd_v")
+KERNELS = ("fwd", "bwd")
 # Largest shared memory one block may use (opt-in), by compute capability.
 SMEM_LIMIT = {90: 232448, 89: 101376, 86: 101376, 80: 166912}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -37,6 +37,8 @@ stage tile_sweep 150 python3 bench/tile_sweep.py --out "$WORK/tile_sweep_gpu.jso
 # one of them only (Triton's disk cache keeps the compiled kernels from one session to the next).
 stage bench_tap_fused_5w5s 200 $BENCH bench/test_bench_tap.py -k "fused and 5w5s and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_5w5s.json"
+# Host overhead vs kernel time of one fused call (5w5s, T = 4, 32, 64), the kernels just compiled.
+stage profile 60 python3 bench/profile_tap.py --out "$WORK/profile_gpu"
 stage bench_tap_reference 150 $BENCH bench/test_bench_tap.py \
   -k "(eager_ref and not 128) or (compiled_ref and 5w5s and fwd_bwd and (32 or 64))" \
   --benchmark-json="$WORK/tap_gpu_reference.json"

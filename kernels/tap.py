@@ -3,8 +3,8 @@
     tap_scores(x, y, weights, biases)    -> [Q, S]
     tap_alignment(x, y, weights, biases) -> (P, S), each [Q, S, Tq, Ts]
 
-Both backends share the cheap prelude computed here with ordinary (autograd-tracked) torch ops:
-    U   = X W1x^T            [Q, Tq, H1]     (W1 = [W1x | W1y] acts on concat(x_i, y_j))
+Both backends share the cheap, differentiable prelude (tap_prelude.py: GEMMs and the cosines):
+    U   = X W1x^T            [Q, Tq, H1]     (W1 = [W1x | W1y] acts on concat(x_i, y_j); fp32)
     V   = Y W1y^T + b1       [S, Ts, H1]
     cos = n(X) n(Y)^T        [Q, S, Tq, Ts]  (F.normalize semantics, eps 1e-12)
 so gradients to x, y, W1, b1 come from autograd through these, and a backend only has to reduce
@@ -23,9 +23,9 @@ from contextlib import nullcontext
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .tap_checks import validate_tap_inputs
+from .tap_prelude import prelude
 from .tap_torch import DEFAULT_BUDGET_BYTES, tap_p_torch, tap_pairs_torch
 
 __all__ = ["tap_scores", "tap_alignment", "resolve_backend"]
@@ -83,22 +83,6 @@ def _prepare(x, y, weights, biases):
     return x, y, weights, biases, widths, precision
 
 
-def _prelude(x, y, weights, biases):
-    """U = X W1x^T and V = Y W1y^T + b1 in fp32 (fp64 for fp64 inputs), and the frame cosines.
-
-    Why fp32 from bf16/fp16 inputs: the kernels add U_qi + V_sj per frame pair, and two separately
-    rounded low-precision halves flip relu masks near z1 = 0 far more often than one rounded GEMM
-    does (measured on an H200: 3-6x eager bf16's error in dW1 at small widths).  U and V are only
-    O((Q + S) T H1), and these GEMMs are a small part of the work."""
-    d = x.shape[-1]
-    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
-    w1 = weights[0].to(wide)
-    u = torch.matmul(x.to(wide), w1[:, :d].t())
-    v = torch.matmul(y.to(wide), w1[:, d:].t()) + biases[0].to(wide)
-    cos = torch.einsum("qid,sjd->qsij", F.normalize(x, dim=-1, eps=1e-12), F.normalize(y, dim=-1, eps=1e-12))
-    return u, v, cos
-
-
 def _single_layer_p(u, v):
     """P [Q, S, Tq, Ts] when there is no hidden layer: the first layer is the logit."""
     return torch.sigmoid(u[:, None, :, None, 0] + v[None, :, None, :, 0])
@@ -119,7 +103,7 @@ def tap_scores(
     """
     x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases)
     with precision:
-        u, v, cos = _prelude(x, y, weights, biases)
+        u, v, cos = prelude(x, y, weights, biases)
         if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
             return (_single_layer_p(u, v) * cos).sum(dim=(-2, -1)).to(x.dtype)
         if resolve_backend(x, widths, backend) == "triton":
@@ -145,7 +129,7 @@ def tap_alignment(
     """
     x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases)
     with precision:
-        u, v, cos = _prelude(x, y, weights, biases)
+        u, v, cos = prelude(x, y, weights, biases)
         with torch.no_grad():
             if len(weights) == 1:
                 return _single_layer_p(u, v).to(x.dtype), cos

@@ -11,14 +11,20 @@ import torch
 __all__ = ["validate_tap_inputs"]
 
 
-def _check_finite(t: torch.Tensor, name: str) -> None:
+def _check_finite(**tensors: torch.Tensor) -> None:
     # isfinite on the whole tensor is one cheap pass; NaN/inf here would silently poison every score.
-    # It is data-dependent (a host sync on GPU), so it is skipped while torch.compile traces: a
-    # compiled graph cannot branch on tensor values.
+    # It is data-dependent (a host sync on GPU, one for all the tensors), so it is skipped while
+    # torch.compile traces: a compiled graph cannot branch on tensor values.
     if torch.compiler.is_compiling():
         return
-    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
+    named = [(name, t) for name, t in tensors.items() if t.is_floating_point() and t.numel()]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if bool(finite.all()):
+        return
+    bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+    raise ValueError(f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or inf values")
 
 
 def validate_tap_inputs(
@@ -81,6 +87,5 @@ def validate_tap_inputs(
         widths.append(w.shape[0])
     if widths[-1] != 1:
         raise ValueError(f"the last layer must output 1 value (weights[-1] is [1, H]), got {widths[-1]}")
-    _check_finite(x, "x")
-    _check_finite(y, "y")
+    _check_finite(x=x, y=y)
     return widths

@@ -19,14 +19,14 @@ pushes the gradient back through layers 4, 3, 2 and the relu(U + V) operand:
 
     dU[q, i] = sum_{s, j} dz1,   dV[s, j] = sum_{q, i} dz1
 
-Each of dU and dV needs a different owner to be reduced without atomics, so the backward runs the
-same kernel twice (constexpr OWN_U):
+Each of dU and dV needs a different owner to be reduced without atomics, so the backward has two
+passes (constexpr OWN_U), run side by side in one launch of one program per SM:
   * OWN_U: a work item is (q, i-block, s-group); it loops over the s in its group and all j-blocks,
     accumulates dU into its own slice of dU_part[s-group] and writes dcos; the program also
-    accumulates the weight/bias gradients into its own partial slot (persistent grid of NPROG
-    programs, one per SM, each with one slot: memory NPROG * |weights|, summed afterwards in a fixed
-    order).
+    accumulates the weight/bias gradients into its own partial slot (persistent programs, each with
+    one slot: memory NPROG_U * |weights|, summed afterwards in a fixed order).
   * OWN_V: a work item is (s, j-block, q-group); it only accumulates dV into dV_part[q-group].
+plan_backward splits the SMs between the passes (and picks the groups) so that both finish together.
 Within an item, tiles go in chunks of BWD_CHUNK, in two phases.  Phase A, tile by tile: recompute
 the forward and push the gradient back to dz2 [BM, H2], parked in the program's scratch slot.
 Phase B, K-block by K-block: dz1 = (dz2 @ W2) * [z1 > 0] and dW2 += dz2^T h1 for every tile of the
@@ -36,7 +36,7 @@ registers across its loop, and ran its backward at ~20x its forward's time on an
 All reductions are deterministic (fixed loop order, owned buffers, torch sums of partials).  The
 cost is one extra forward+dz1 recompute; atomics would avoid it but are not deterministic.
 
-Extra memory: O((G_u + G_v) * (Q + S) * T * H1 + NPROG * (|weights| + BWD_CHUNK * BM * H2) + Q*S*tiles).
+Extra memory: O(G_u * Q * Tq * H1 + G_v * S * Ts * H1 + NPROG_U * |weights| + NPROG * BWD_CHUNK * BM * H2 + Q*S*tiles).
 
 dtypes: fp32 (tf32 tensor cores when torch.backends.cuda.matmul.allow_tf32), fp16, bf16 operands,
 always fp32 accumulation.  Under TRITON_INTERPRET=1 (CPU tests) one small config is used; on GPU the
@@ -46,8 +46,10 @@ fix the shape of the partial-sum buffers).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -268,18 +270,16 @@ def _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
     return other, own, xb, ob, g
 
 
-@triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "OWN_U", "UV_BCAST"],
-                 reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
-@triton.heuristics(_EVEN_K)
 @triton.jit
-def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
-                    DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
-                    Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, NPROG, CHUNK,
-                    OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
-                    EVEN_K: tl.constexpr, FULL_H2: tl.constexpr):
+def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
+              DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
+              Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, pid, NPROG, slot_id, CHUNK,
+              OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+              BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
+              EVEN_K: tl.constexpr, FULL_H2: tl.constexpr):
+    """One persistent program of one pass (OWN_U or OWN_V): rank ``pid`` of the pass's NPROG programs
+    takes items pid, pid + NPROG, ...; ``slot_id`` is its dz2 scratch slot (unique over both passes)."""
     BM: tl.constexpr = BI * BJ
-    pid = tl.program_id(0)
     n2 = tl.arange(0, BH2)
     n3 = tl.arange(0, BH3)
     m2 = _below(n2, H2, FULL_H2)
@@ -303,7 +303,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                                           FULL_H2)
                 # h2 waits in the tile's scratch slot while dz3 is formed, then is read back in the
                 # GEMM accumulator's layout (held across, it spilled); dz2 later overwrites it.
-                slot = (pid * CHUNK + (t - c0)) * BM + rows
+                slot = (slot_id * CHUNK + (t - c0)) * BM + rows
                 slot_ptr = DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :]
                 tl.store(slot_ptr, h2.to(DZ2_SCRATCH.dtype.element_ty))
                 pair = ((q * S + s) * Tq + i) * Ts + j
@@ -357,7 +357,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
                     pos1, h1 = _h1_block(U, V, q, s, ib * BI, jb * BJ, i, j, ok, k0, Tq, Ts, H1,
                                          BI, BJ, BK, UV_BCAST, EVEN_K)
-                    slot = (pid * CHUNK + (t - c0)) * BM + rows
+                    slot = (slot_id * CHUNK + (t - c0)) * BM + rows
                     dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
                     dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BK]
                     acc_rows += tl.where(pos1, dz1, 0.0)
@@ -381,6 +381,32 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     msk = (jj < Ts)[:, None] & km[None, :]
                 _add_to(ptr, acc, msk)
             tl.debug_barrier()  # the next chunk overwrites the scratch slot
+
+
+@triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST"],
+                 reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
+@triton.heuristics(_EVEN_K)
+@triton.jit
+def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
+                    DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
+                    Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, nprog_u, per_v, items_v, nprog_v, CHUNK,
+                    BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                    BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
+                    EVEN_K: tl.constexpr, FULL_H2: tl.constexpr):
+    """Both backward passes in one launch: programs [0, nprog_u) run OWN_U, the rest OWN_V, side by
+    side.  Only the OWN_U programs own weight-gradient slots, so the slots (1 MiB each at the paper's
+    widths) number nprog_u, not the SM count, and neither pass waits for the other's tail."""
+    pid = tl.program_id(0)
+    if pid < nprog_u:
+        _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
+                  DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
+                  Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid, CHUNK,
+                  True, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2)
+    else:
+        _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
+                  DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
+                  Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_v, items_v, pid - nprog_u, nprog_v, pid, CHUNK,
+                  False, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2)
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -427,7 +453,7 @@ def precompile(n_q: int, n_s: int, tq: int, ts: int, hidden: tuple[int, int, int
     """Compile, without running, every autotune candidate of the forward and both backward passes for
     the fused ops' arguments at these sizes (hidden = (H1, H2, H3); U, V in fp32 and the rest in
     dtype, as tap.py passes them).  Returns [(label, triton.Config, launch kwargs, CompiledKernel)],
-    label in fwd / bwd_u / bwd_v.  Run it with the device (and environment knobs) of the real calls:
+    label fwd or bwd.  Run it with the device (and environment knobs) of the real calls:
     the work split, hence the kernels' integer arguments, depends on the device's SM count."""
     h1, h2, h3 = hidden
     u = torch.zeros(n_q, tq, h1, device=device, requires_grad=True)
@@ -438,8 +464,7 @@ def precompile(n_q: int, n_s: int, tq: int, ts: int, hidden: tuple[int, int, int
     with compile_only() as compiled:
         scores = tap_pairs_triton(u, v, cos, weights, biases)
         torch.autograd.grad(scores.sum(), [u, v, cos, *weights, *biases])
-    return [("fwd" if "fwd" in name else ("bwd_u" if kwargs["OWN_U"] else "bwd_v"), config, kwargs, kernel)
-            for name, config, kwargs, kernel in compiled]
+    return [("fwd" if "fwd" in name else "bwd", config, kwargs, kernel) for name, config, kwargs, kernel in compiled]
 
 
 def _new_output(shape, dtype, device) -> torch.Tensor:
@@ -483,69 +508,101 @@ def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(w2.dtype), p_out
 
 
-def _groups(n_outer_items: int, n_inner: int, target: int, groups) -> int:
-    """Split the inner loop into groups so that outer*groups ~ target programs (memory: groups x dU/dV)."""
-    if groups is None:
-        groups = min(n_inner, max(1, math.ceil(target / max(1, n_outer_items))), 8)
-    return max(1, min(int(groups), n_inner))
-
-
 # Tiles per phase-B sweep of the backward: dz2 of CHUNK tiles (CHUNK x BM x H2 in the operand dtype,
 # 256 KiB at BM = 64, H2 = 256, bf16) is parked per program; small enough to stay in L2 for all
 # programs, large enough to divide the partial buffers' read-modify-write traffic by CHUNK.
 BWD_CHUNK = 8
+# Most groups either pass splits its other side into (each group costs a dU or dV partial buffer).
+MAX_BWD_GROUPS = 8
+# GEMM work per tile of an OWN_U program over an OWN_V one: OWN_U recomputes the forward and forms
+# dz2, dW3, dz1 and dW2 (3 x (H1 H2 + H2 H3) per row), OWN_V the forward, dz2 and dz1 (2 x).
+BWD_COST_U_OVER_V = 1.5
+
+
+class BackwardPlan(NamedTuple):
+    """How the backward's work is cut: per pass, groups of the other side, their size and programs."""
+    groups_u: int
+    per_u: int
+    nprog_u: int
+    groups_v: int
+    per_v: int
+    nprog_v: int
+
+    def items(self, n_q: int, n_s: int, n_ib: int, n_jb: int) -> tuple[int, int]:
+        return n_q * n_ib * self.groups_u, n_s * n_jb * self.groups_v
+
+
+def _group_options(n_other: int, fixed) -> list[tuple[int, int]]:
+    """Distinct (groups, members per group) splits of a side of n_other, or the one asked for."""
+    wanted = [fixed] if fixed is not None else range(1, min(n_other, MAX_BWD_GROUPS) + 1)
+    out = {}
+    for g in wanted:
+        per = math.ceil(n_other / max(1, min(int(g), n_other)))
+        out[math.ceil(n_other / per)] = per
+    return sorted(out.items())
+
+
+@functools.lru_cache(maxsize=256)
+def plan_backward(n_q: int, n_s: int, n_ib: int, n_jb: int, sms: int, cost_ratio: float = BWD_COST_U_OVER_V,
+                  groups_u=None, groups_v=None, nprog=None) -> BackwardPlan:
+    """Choose the groups and how many of the ``sms`` persistent programs each pass gets, so that the two
+    passes, running side by side in one launch, finish together.  A pass's time is modelled as its
+    busiest program's tiles (items go round-robin; every tile of a pass costs the same) times its cost
+    per tile; among plans within 3% of the fastest, the one with the smallest dU/dV partial buffers and
+    fewest OWN_U programs (weight slots) wins.  groups_u/groups_v/nprog pin those choices (tests)."""
+    sms = max(sms, 2)  # one program per pass at least
+    best = []
+    for gu, per_u in _group_options(n_s, groups_u):
+        items_u, tiles_u = n_q * n_ib * gu, per_u * n_jb
+        for gv, per_v in _group_options(n_q, groups_v):
+            items_v, tiles_v = n_s * n_jb * gv, per_v * n_ib
+            if nprog is not None:
+                splits = [(min(items_u, nprog), min(items_v, nprog))]
+            else:
+                splits = [(nu, min(items_v, sms - nu)) for nu in range(1, min(items_u, sms - 1) + 1)]
+            for nu, nv in splits:
+                time = max(cost_ratio * math.ceil(items_u / nu) * tiles_u, math.ceil(items_v / nv) * tiles_v)
+                best.append((time, gu * n_q + gv * n_s, nu, BackwardPlan(gu, per_u, nu, gv, per_v, nv)))
+    fastest = min(b[0] for b in best)
+    return min((b for b in best if b[0] <= 1.03 * fastest), key=lambda b: b[1:3])[3]
+
+
+def _bwd_cost_ratio() -> float:
+    """TAP_FAST_BWD_COST_RATIO overrides BWD_COST_U_OVER_V: a knob for balancing the passes on a GPU."""
+    return float(os.environ.get("TAP_FAST_BWD_COST_RATIO", BWD_COST_U_OVER_V))
 
 
 def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None,
               chunk=BWD_CHUNK):
     """All gradients of scores w.r.t. (u, v, cos, w2, b2, w3, b3, w4, b4).  groups_u/groups_v/nprog/chunk
-    override the work split (tests use them to cover every split; the result must not change)."""
+    override the work split (tests use them to cover every split; the result must not change); nprog
+    is then the program count of each pass."""
     u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
     m = _meta(u, v, w2, w3)
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev, f32 = u.device, torch.float32
-    sms = _sm_count(dev)
-    gs = grad_scores.contiguous()
-    common = _tile_constexprs(m, w2.dtype)
-    bm = m["bi"] * m["bj"]
-
-    def scratch(programs):
-        return torch.empty(programs * chunk * bm * _pad(h2), dtype=w2.dtype, device=dev)
-
-    # Pass 1 (OWN_U): dU, dcos and all weight/bias grads of layers 2..4.  One program per SM: each
-    # owns a weight-gradient slot (NPROG x |weights| in fp32).
-    gu = _groups(n_q * m["n_ib"], n_s, 2 * sms, groups_u)
-    per_u = math.ceil(n_s / gu)
-    gu = math.ceil(n_s / per_u)
-    items_u = n_q * m["n_ib"] * gu
-    nprog_u = max(1, min(items_u, nprog if nprog is not None else sms))
+    plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v, nprog)
+    items_u, items_v = plan.items(n_q, n_s, m["n_ib"], m["n_jb"])
+    nprog_u = plan.nprog_u
+    # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each into its own slot
+    # (nprog_u x |weights| in fp32).  OWN_V programs: dV only.
     dcos = _new_output(cos.shape, cos.dtype, dev)
-    du_part = torch.zeros(gu, n_q, tq, h1, dtype=f32, device=dev)
+    du_part = torch.zeros(plan.groups_u, n_q, tq, h1, dtype=f32, device=dev)
+    dv_part = torch.zeros(plan.groups_v, n_s, ts, h1, dtype=f32, device=dev)
     dw2_p = torch.zeros(nprog_u, h2, h1, dtype=f32, device=dev)
     db2_p = torch.zeros(nprog_u, h2, dtype=f32, device=dev)
     dw3_p = torch.zeros(nprog_u, h3, h2, dtype=f32, device=dev)
     db3_p = torch.zeros(nprog_u, h3, dtype=f32, device=dev)
     dw4_p = torch.zeros(nprog_u, h3, dtype=f32, device=dev)
     db4_p = torch.zeros(nprog_u, dtype=f32, device=dev)
-    dummy = torch.zeros(1, dtype=f32, device=dev)
-    _launch(_tap_bwd_kernel, (nprog_u,),
-        u, v, cos, gs, w2, b2, w3, b3, w4, b4,
-        dcos, du_part, dummy, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p, scratch(nprog_u),
-        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_u, items_u, nprog_u, chunk,
-        OWN_U=True, **common,
-    )
-    # Pass 2 (OWN_V): dV only.
-    gv = _groups(n_s * m["n_jb"], n_q, 2 * sms, groups_v)
-    per_v = math.ceil(n_q / gv)
-    gv = math.ceil(n_q / per_v)
-    items_v = n_s * m["n_jb"] * gv
-    nprog_v = max(1, min(items_v, nprog if nprog is not None else 2 * sms))
-    dv_part = torch.zeros(gv, n_s, ts, h1, dtype=f32, device=dev)
-    _launch(_tap_bwd_kernel, (nprog_v,),
-        u, v, cos, gs, w2, b2, w3, b3, w4, b4,
-        dummy, dummy, dv_part, dummy, dummy, dummy, dummy, dummy, dummy, scratch(nprog_v),
-        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"], per_v, items_v, nprog_v, chunk,
-        OWN_U=False, **common,
+    programs = nprog_u + plan.nprog_v
+    scratch = torch.empty(programs * chunk * m["bi"] * m["bj"] * _pad(h2), dtype=w2.dtype, device=dev)
+    _launch(_tap_bwd_kernel, (programs,),
+        u, v, cos, grad_scores.contiguous(), w2, b2, w3, b3, w4, b4,
+        dcos, du_part, dv_part, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p, scratch,
+        n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"],
+        plan.per_u, items_u, nprog_u, plan.per_v, items_v, plan.nprog_v, chunk,
+        **_tile_constexprs(m, w2.dtype),
     )
     return (
         du_part.sum(0).to(u.dtype), dv_part.sum(0).to(v.dtype), dcos,

@@ -294,10 +294,14 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
             with timer("optimizer"):
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(clipped, config.clip_norm)
+                scale = scaler.get_scale()
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                # fp16: a step with inf/NaN gradients is skipped and the scale lowered; the learning-rate
+                # schedule waits for the next real step (bf16/fp32: the scaler is off, scale stays 1)
+                if scaler.get_scale() >= scale:
+                    scheduler.step()
 
             # one small collective a step: the global step's loss and accuracy, and any rank's stop signal
             loss_total, correct_total, stop_votes = distributed.all_reduce_sum(

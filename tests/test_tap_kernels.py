@@ -67,7 +67,7 @@ def test_torch_path_forward_and_grads_match_reference(shape, budget):
 @pytest.mark.parametrize("shape,seed", [
     ((2, 3, 5, 4, 12, (20, 10, 6)), 7),
     # Seen on an H200 with U and V rounded to bf16 (the Triton and torch paths alike): dW1 3x and
-    # db3 3.6x over the bound.  The fp32 prelude (tap._prelude) brings them under it.
+    # db3 3.6x over the bound.  The fp32 prelude (tap_prelude.prelude) brings them under it.
     ((2, 3, 5, 7, 12, (20, 10, 6)), 29),
     ((3, 2, 3, 6, 7, (33, 17, 16)), 21),
 ])
@@ -124,7 +124,7 @@ def test_torch_path_op_with_fp32_prelude_and_bf16_layers():
     """The prelude hands the op fp32 U, V beside bf16 layers: the fake (meta) kernel torch.compile
     traces with must give the real op's output dtype, and opcheck compares them."""
     x, y, ws, bs = make_tap_inputs(2, 3, 3, 4, 6, (10, 8, 4), dtype=torch.bfloat16, seed=11)
-    from tap_fast.kernels.tap import _prelude
+    from tap_fast.kernels.tap_prelude import prelude as _prelude
 
     u, v, cos = _prelude(x, y, ws, bs)
     assert u.dtype == v.dtype == torch.float32

@@ -72,7 +72,7 @@ def test_backward_work_split_is_exact(groups_u, groups_v, nprog, chunk):
     gives the same gradients."""
     q, s, tq, ts, h1 = 3, 3, 4, 5, 18
     x, y, ws, bs = make_tap_inputs(q, s, tq, ts, 6, (h1, 12, 7), dtype=torch.float64, device="cpu", seed=5)
-    from tap_fast.kernels.tap import _prelude
+    from tap_fast.kernels.tap_prelude import prelude as _prelude
 
     u, v, cos = (t.float().to(DEVICE) for t in _prelude(x, y, ws, bs))
     layers = [t.float().to(DEVICE) for t in (ws[1], bs[1], ws[2], bs[2], ws[3], bs[3])]
@@ -86,6 +86,26 @@ def test_backward_work_split_is_exact(groups_u, groups_v, nprog, chunk):
     want = torch.autograd.grad(out, ref_in, gs.double().cpu())
     for g, w in zip(got, want):
         assert rel_err(g, w) <= 1e-3
+
+
+@pytest.mark.parametrize("n_q,n_s,n_ib,n_jb,sms", [(5, 25, 16, 1, 132), (64, 64, 1, 2, 132), (1, 1, 1, 1, 4),
+                                                     (3, 7, 2, 3, 1), (5, 25, 1, 1, 132)])
+def test_backward_plan_shares_the_sms_between_the_passes(n_q, n_s, n_ib, n_jb, sms):
+    """Both passes run in one launch: their programs together fit the SMs, each has work for every
+    program, and every index of the other side is in exactly one group."""
+    plan = tap_triton.plan_backward(n_q, n_s, n_ib, n_jb, sms)
+    items_u, items_v = plan.items(n_q, n_s, n_ib, n_jb)
+    assert plan.nprog_u + plan.nprog_v <= max(sms, 2)
+    assert 1 <= plan.nprog_u <= items_u and 1 <= plan.nprog_v <= items_v
+    for groups, per, n_other in ((plan.groups_u, plan.per_u, n_s), (plan.groups_v, plan.per_v, n_q)):
+        assert (groups - 1) * per < n_other <= groups * per
+
+
+def test_backward_plan_gives_the_heavier_pass_more_programs():
+    """OWN_U does 1.5x OWN_V's GEMM work per tile; with equal items on both sides it gets more SMs,
+    and fewer weight-gradient slots than a pass with every SM would own."""
+    plan = tap_triton.plan_backward(64, 64, 1, 2, 132)
+    assert plan.nprog_v < plan.nprog_u < 132
 
 
 @pytest.mark.parametrize("uv_load,tile_rows", [("rows", None), ("broadcast", 8), ("rows", 32)])
@@ -140,7 +160,7 @@ def test_fused_op_under_torch_compile():
 def test_fused_op_fake_dtypes_with_fp32_prelude():
     """fp16 inputs: the prelude's U, V are fp32 while the layers stay fp16; the fake kernel must give
     the real op's dtypes (scores and P in the layers' dtype), as opcheck verifies."""
-    from tap_fast.kernels.tap import _prelude
+    from tap_fast.kernels.tap_prelude import prelude as _prelude
 
     x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 5, (17, 9, 4), dtype=torch.float16, device=DEVICE, seed=12)
     u, v, cos = _prelude(x, y, ws, bs)
