@@ -9,7 +9,7 @@ Kinetics only. The "synthetic" preset is sized to train on a laptop CPU in minut
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 HEADS = ("tap", "otam", "tsn")
 

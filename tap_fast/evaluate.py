@@ -94,7 +94,7 @@ def test_report(model, config: TrainConfig, index, device, split="test", shots=N
 
 
 def format_report(results: dict[str, AccuracySummary], head: str) -> str:
-    lines = [f"| head | setting | accuracy (%) | 95% CI | episodes |", "|---|---|---|---|---|"]
+    lines = ["| head | setting | accuracy (%) | 95% CI | episodes |", "|---|---|---|---|---|"]
     for name, summary in results.items():
         lines.append(f"| {head} | {name} | {summary.mean:.2f} | +- {summary.ci95:.2f} | {summary.episodes} |")
     return "\n".join(lines)

@@ -1,6 +1,5 @@
 """CPU decoder: frame selection, LRU cache, and named errors for bad files."""
 import pickle
-import shutil
 
 import numpy as np
 import pytest

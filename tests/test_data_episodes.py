@@ -1,5 +1,4 @@
 """EpisodeDataset: tensors, labels, reproducibility by (seed, episode id), agreement with the pieces."""
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader

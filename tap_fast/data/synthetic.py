@@ -42,7 +42,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
