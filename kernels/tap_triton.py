@@ -253,18 +253,34 @@ _BWD_ACCUMULATORS = ["DU_PART", "DV_PART", "DW2_P", "DB2_P", "DW3_P", "DB3_P", "
 
 
 @triton.jit
+def _other_side(n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
+    """(blocks per own index, blocks per other index, other indices) of a pass.  OWN_U: own = q over
+    i-blocks, other = s over j-blocks; OWN_V swaps the roles."""
+    if OWN_U:
+        return n_ib, n_jb, S
+    return n_jb, n_ib, Q
+
+
+@triton.jit
+def _item_tiles(item, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
+    """How many tiles work item ``item`` has: per_group, fewer in the last group."""
+    _, n_other_blocks, n_other = _other_side(n_ib, n_jb, Q, S, OWN_U)
+    n_groups = (n_other * n_other_blocks + per_group - 1) // per_group
+    return tl.minimum(per_group, n_other * n_other_blocks - (item % n_groups) * per_group)
+
+
+@triton.jit
 def _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
     """(q, s, i-block, j-block, group) of inner tile t of a work item.  An item is (own index, own
-    block, group of the other side); its tiles run over (other index in the group, other block).
-    OWN_U: own = q over i-blocks, other = s over j-blocks; OWN_V swaps the roles."""
-    if OWN_U:
-        n_own_blocks, n_other_blocks, n_other = n_ib, n_jb, S
-    else:
-        n_own_blocks, n_other_blocks, n_other = n_jb, n_ib, Q
-    g = item % ((n_other + per_group - 1) // per_group)
-    own_block = item // ((n_other + per_group - 1) // per_group)
+    block, group); a group is per_group consecutive (other index, other block) pairs, so items can be
+    as fine as one tile whatever the clip length."""
+    n_own_blocks, n_other_blocks, n_other = _other_side(n_ib, n_jb, Q, S, OWN_U)
+    n_groups = (n_other * n_other_blocks + per_group - 1) // per_group
+    g = item % n_groups
+    own_block = item // n_groups
     own, ob = own_block // n_own_blocks, own_block % n_own_blocks
-    other, xb = g * per_group + t // n_other_blocks, t % n_other_blocks
+    flat = g * per_group + t
+    other, xb = flat // n_other_blocks, flat % n_other_blocks
     if OWN_U:
         return own, other, ob, xb, g
     return other, own, xb, ob, g
@@ -286,11 +302,8 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
     m3 = n3 < H3
     rows = tl.arange(0, BM)
     for item in range(pid, n_items, NPROG):
-        _, _, _, _, g = _tile_coords(item, 0, per_group, n_ib, n_jb, Q, S, OWN_U)
-        if OWN_U:  # item = (q, i-block, s-group): tiles over (s in group, j-block)
-            n_inner = tl.minimum(per_group, S - g * per_group) * n_jb
-        else:  # item = (s, j-block, q-group): tiles over (q in group, i-block)
-            n_inner = tl.minimum(per_group, Q - g * per_group) * n_ib
+        # OWN_U: item = (q, i-block, group of (s, j-block) pairs); OWN_V: (s, j-block, group of (q, i-block))
+        n_inner = _item_tiles(item, per_group, n_ib, n_jb, Q, S, OWN_U)
         for c0 in range(0, n_inner, CHUNK):
             c1 = tl.minimum(c0 + CHUNK, n_inner)
             # Phase A, tile by tile: recompute the forward, push the gradient back to dz2 (layers 4, 3
@@ -363,7 +376,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     acc_rows += tl.where(pos1, dz1, 0.0)
                     if OWN_U:
                         acc_w2 = tl.dot(tl.trans(dz2), h1.to(w2.dtype), acc_w2, input_precision=DOT_PREC)
-                q, s, ib, jb, _ = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
+                q, s, ib, jb, g = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
                 if OWN_U:
                     acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=1)  # rows are i-major
                 else:
@@ -520,7 +533,8 @@ BWD_COST_U_OVER_V = 1.5
 
 
 class BackwardPlan(NamedTuple):
-    """How the backward's work is cut: per pass, groups of the other side, their size and programs."""
+    """How the backward's work is cut, per pass: the groups the other side's (index, block) pairs are cut
+    into (one dU or dV partial buffer each), tiles per group (per work item) and programs."""
     groups_u: int
     per_u: int
     nprog_u: int
@@ -533,7 +547,7 @@ class BackwardPlan(NamedTuple):
 
 
 def _group_options(n_other: int, fixed) -> list[tuple[int, int]]:
-    """Distinct (groups, members per group) splits of a side of n_other, or the one asked for."""
+    """Distinct (groups, members per group) splits of n_other (index, block) pairs, or the one asked for."""
     wanted = [fixed] if fixed is not None else range(1, min(n_other, MAX_BWD_GROUPS) + 1)
     out = {}
     for g in wanted:
@@ -544,25 +558,27 @@ def _group_options(n_other: int, fixed) -> list[tuple[int, int]]:
 
 @functools.lru_cache(maxsize=256)
 def plan_backward(n_q: int, n_s: int, n_ib: int, n_jb: int, sms: int, cost_ratio: float = BWD_COST_U_OVER_V,
-                  groups_u=None, groups_v=None, nprog=None) -> BackwardPlan:
+                  groups_u=None, groups_v=None, nprog=None, sizes: tuple[int, int, int] = (1, 1, 1)) -> BackwardPlan:
     """Choose the groups and how many of the ``sms`` persistent programs each pass gets, so that the two
     passes, running side by side in one launch, finish together.  A pass's time is modelled as its
     busiest program's tiles (items go round-robin; every tile of a pass costs the same) times its cost
-    per tile; among plans within 3% of the fastest, the one with the smallest dU/dV partial buffers and
-    fewest OWN_U programs (weight slots) wins.  groups_u/groups_v/nprog pin those choices (tests)."""
+    per tile; among plans within 3% of the fastest, the one needing the least memory wins: sizes =
+    (bytes of a dU group's partial buffer, of a dV group's, of an OWN_U program's weight slots).
+    groups_u/groups_v/nprog pin those choices (tests)."""
     sms = max(sms, 2)  # one program per pass at least
     best = []
-    for gu, per_u in _group_options(n_s, groups_u):
-        items_u, tiles_u = n_q * n_ib * gu, per_u * n_jb
-        for gv, per_v in _group_options(n_q, groups_v):
-            items_v, tiles_v = n_s * n_jb * gv, per_v * n_ib
+    for gu, tiles_u in _group_options(n_s * n_jb, groups_u):
+        items_u = n_q * n_ib * gu
+        for gv, tiles_v in _group_options(n_q * n_ib, groups_v):
+            items_v = n_s * n_jb * gv
             if nprog is not None:
                 splits = [(min(items_u, nprog), min(items_v, nprog))]
             else:
                 splits = [(nu, min(items_v, sms - nu)) for nu in range(1, min(items_u, sms - 1) + 1)]
             for nu, nv in splits:
                 time = max(cost_ratio * math.ceil(items_u / nu) * tiles_u, math.ceil(items_v / nv) * tiles_v)
-                best.append((time, gu * n_q + gv * n_s, nu, BackwardPlan(gu, per_u, nu, gv, per_v, nv)))
+                memory = gu * sizes[0] + gv * sizes[1] + nu * sizes[2]
+                best.append((time, memory, nu + nv, BackwardPlan(gu, tiles_u, nu, gv, tiles_v, nv)))
     fastest = min(b[0] for b in best)
     return min((b for b in best if b[0] <= 1.03 * fastest), key=lambda b: b[1:3])[3]
 
@@ -581,7 +597,9 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     m = _meta(u, v, w2, w3)
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev, f32 = u.device, torch.float32
-    plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v, nprog)
+    sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, (h2 * h1 + h3 * h2) * 4)  # fp32 partials and slots
+    plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v, nprog,
+                         sizes)
     items_u, items_v = plan.items(n_q, n_s, m["n_ib"], m["n_jb"])
     nprog_u = plan.nprog_u
     # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each into its own slot

@@ -92,13 +92,13 @@ def test_backward_work_split_is_exact(groups_u, groups_v, nprog, chunk):
                                                      (3, 7, 2, 3, 1), (5, 25, 1, 1, 132)])
 def test_backward_plan_shares_the_sms_between_the_passes(n_q, n_s, n_ib, n_jb, sms):
     """Both passes run in one launch: their programs together fit the SMs, each has work for every
-    program, and every index of the other side is in exactly one group."""
+    program, and every (index, block) pair of the other side is in exactly one group."""
     plan = tap_triton.plan_backward(n_q, n_s, n_ib, n_jb, sms)
     items_u, items_v = plan.items(n_q, n_s, n_ib, n_jb)
     assert plan.nprog_u + plan.nprog_v <= max(sms, 2)
     assert 1 <= plan.nprog_u <= items_u and 1 <= plan.nprog_v <= items_v
-    for groups, per, n_other in ((plan.groups_u, plan.per_u, n_s), (plan.groups_v, plan.per_v, n_q)):
-        assert (groups - 1) * per < n_other <= groups * per
+    for groups, per, n_other in ((plan.groups_u, plan.per_u, n_s * n_jb), (plan.groups_v, plan.per_v, n_q * n_ib)):
+        assert (groups - 1) * per < n_other <= groups * per  # every (index, block) pair in one group
 
 
 def test_backward_plan_gives_the_heavier_pass_more_programs():
