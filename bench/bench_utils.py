@@ -5,11 +5,27 @@ import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
 
-__all__ = ["time_cuda", "time_cuda_adaptive", "time_cpu", "time_fn", "peak_memory_bytes", "device_info", "matmul_tflops", "git_commit"]
+__all__ = ["env_vars", "time_cuda", "time_cuda_adaptive", "time_cpu", "time_fn", "peak_memory_bytes", "device_info", "matmul_tflops", "git_commit"]
+
+
+@contextmanager
+def env_vars(**values: str):
+    """Set environment variables for the duration (the kernels' knobs are read per call), then restore."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def time_cuda(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:

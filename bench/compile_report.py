@@ -25,7 +25,6 @@ import re
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +37,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from tap_fast.kernels import tap_triton  # noqa: E402  (the module the benchmarks call)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import env_vars  # noqa: E402
 
 PAPER_WIDTHS = dict(H1=1024, H2=256, H3=64)
 KERNELS = ("fwd", "bwd")
@@ -83,20 +85,10 @@ class _StandInDriver:
         return self.target
 
 
-@contextmanager
 def variant_env(variant: str):
     """TAP_FAST_TILE_ROWS / TAP_FAST_UV_LOAD set from "ROWS/UV_LOAD" for the duration."""
     rows, uv_load = variant.split("/")
-    saved = {k: os.environ.get(k) for k in ("TAP_FAST_TILE_ROWS", "TAP_FAST_UV_LOAD")}
-    os.environ.update(TAP_FAST_TILE_ROWS=rows, TAP_FAST_UV_LOAD=uv_load)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return env_vars(TAP_FAST_TILE_ROWS=rows, TAP_FAST_UV_LOAD=uv_load)
 
 
 def _tool(name: str) -> str:

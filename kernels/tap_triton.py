@@ -70,8 +70,13 @@ def fused_supports_widths(widths) -> bool:
     return len(widths) == 5 and widths[-1] == 1 and max(widths[2], widths[3]) <= MAX_FUSED_WIDTH
 
 
+def _next_pow2(n: int) -> int:
+    # host code: triton.next_power_of_2 / triton.cdiv are constexpr functions, ~10 us a call in Triton 3.8
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 def _pad(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))  # tl.dot needs every dim >= 16
+    return max(16, _next_pow2(n))  # tl.dot needs every dim >= 16
 
 
 def _tile_shape(tq: int, ts: int) -> tuple[int, int]:
@@ -79,7 +84,7 @@ def _tile_shape(tq: int, ts: int) -> tuple[int, int]:
     warps), 16 under the interpreter (tiny test shapes).  BJ follows Ts so short clips waste little.
     TAP_FAST_TILE_ROWS (a power of two) overrides the row count: a benchmarking knob (bench/tile_sweep.py)."""
     rows = int(os.environ.get("TAP_FAST_TILE_ROWS", 16 if _interpreting() else 64))
-    bj = min(triton.next_power_of_2(ts), rows)
+    bj = min(_next_pow2(ts), rows)
     return max(1, rows // bj), bj
 
 
@@ -497,7 +502,7 @@ def _meta(u, v, w2, w3):
     n_s, ts, _ = v.shape
     bi, bj = _tile_shape(tq, ts)
     return dict(n_q=n_q, n_s=n_s, tq=tq, ts=ts, h1=h1, h2=w2.shape[0], h3=w3.shape[0], bi=bi, bj=bj,
-                n_ib=triton.cdiv(tq, bi), n_jb=triton.cdiv(ts, bj))
+                n_ib=-(-tq // bi), n_jb=-(-ts // bj))
 
 
 def _tile_constexprs(m: dict, dtype: torch.dtype) -> dict:
