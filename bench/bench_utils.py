@@ -112,6 +112,8 @@ def device_info(device: torch.device | str | None = None) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "commit": git_commit(),
+        # the fused kernels' knobs in force (tile heights, U/V read, backward split): part of the result
+        "knobs": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TAP_FAST_") and k != "TAP_FAST_COMMIT"},
     }
     try:
         import triton

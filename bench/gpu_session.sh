@@ -33,6 +33,11 @@ BENCH="python3 -m pytest -q -p no:cacheprovider --benchmark-only"
 stage bench_soft_dtw 90 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-json="$WORK/soft_dtw_gpu.json"
 # The design questions first (tile height x how the K-loop reads U and V), then the issue's tables.
 stage tile_sweep 150 python3 bench/tile_sweep.py --out "$WORK/tile_sweep_gpu.json"
+# The stages below run with the knobs the sweep found faster (each benchmark row records them).
+if [ -s "$WORK/tile_sweep_gpu.json" ] && CHOICE=$(python3 bench/tile_choice.py "$WORK/tile_sweep_gpu.json" 2>>"$LOG"); then
+  eval "$CHOICE"
+  echo "== tile choice: ${CHOICE:-defaults}" | tee -a "$LOG" "$WORK/stages.txt"
+fi
 # pytest-benchmark writes its JSON at the end of a session: several short sessions, so a cap loses
 # one of them only (Triton's disk cache keeps the compiled kernels from one session to the next).
 stage bench_tap_fused_5w5s 200 $BENCH bench/test_bench_tap.py -k "fused and 5w5s and not 128" \

@@ -26,8 +26,10 @@ from compile_report import PAPER_WIDTHS, variant_env  # noqa: E402
 
 DEFAULT_VARIANT = "64/broadcast"
 SWEEP_VARIANTS = ["64/broadcast", "64/rows", "128/broadcast", "128/rows"]  # bench/tile_sweep.py
-# bench/test_bench_tap.py (both episodes, every T) and bench/tile_sweep.py (T = 32, 64).
-DEFAULT_JOBS = sorted({(DEFAULT_VARIANT, q, s, t) for q, s in ((5, 25), (64, 64)) for t in (4, 8, 16, 32, 64, 128)}
+# bench/test_bench_tap.py (both episodes, every T; at 128 rows too, which bench/tile_choice.py may pick
+# after the sweep) and bench/tile_sweep.py (T = 32, 64).
+DEFAULT_JOBS = sorted({(v, q, s, t) for v in (DEFAULT_VARIANT, "128/broadcast") for q, s in ((5, 25), (64, 64))
+                       for t in (4, 8, 16, 32, 64, 128)}
                       | {(v, q, s, t) for v in SWEEP_VARIANTS for q, s in ((5, 25), (64, 64)) for t in (32, 64)})
 
 

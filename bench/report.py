@@ -34,6 +34,8 @@ def load_rows(paths, x_param: str) -> tuple[list[dict], dict]:
 
 
 def _fmt(v):
+    if isinstance(v, dict):  # e.g. the kernels' knobs in force
+        return ", ".join(f"{k}={x}" for k, x in v.items()) or "defaults"
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
@@ -44,7 +46,7 @@ def markdown(rows, x_param: str, title: str) -> str:
                          if k not in SKIP_COLUMNS and isinstance(v, (int, float)) and not isinstance(v, bool)})
     info = next((r["extra"] for r in rows if r["extra"]), {})
     lines = [f"# {title}", ""]
-    for key in ("device", "commit", "dtype", "dense_tflops"):
+    for key in ("device", "commit", "dtype", "dense_tflops", "knobs"):
         if key in info:
             lines.append(f"- {key}: {_fmt(info[key])}")
     by_group = defaultdict(list)

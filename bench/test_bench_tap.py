@@ -112,6 +112,7 @@ def test_tap_scores(benchmark, bench_device, bench_device_info, dense_tflops, ep
     benchmark.extra_info.update(
         impl=impl, mode=mode, episode=episode, T=T, Q=q, S=s, dtype=str(dtype).replace("torch.", ""),
         device=bench_device_info["name"], commit=bench_device_info["commit"], dense_tflops=dense_tflops,
+        knobs=bench_device_info["knobs"],
     )
     if cuda:
         ms, iters = time_cuda_adaptive(call)  # CUDA events; its warm-up call autotunes / compiles

@@ -79,11 +79,14 @@ def _pad(n: int) -> int:
     return max(16, _next_pow2(n))  # tl.dot needs every dim >= 16
 
 
-def _tile_shape(tq: int, ts: int) -> tuple[int, int]:
-    """(BI, BJ): 64 GEMM rows per tile on GPU (fits H2 = 256 fp32 accumulators in registers with 4-8
-    warps), 16 under the interpreter (tiny test shapes).  BJ follows Ts so short clips waste little.
-    TAP_FAST_TILE_ROWS (a power of two) overrides the row count: a benchmarking knob (bench/tile_sweep.py)."""
-    rows = int(os.environ.get("TAP_FAST_TILE_ROWS", 16 if _interpreting() else 64))
+def _tile_shape(tq: int, ts: int, kernel: str) -> tuple[int, int]:
+    """(BI, BJ) for kernel "fwd" or "bwd": 64 GEMM rows per tile on GPU (fits H2 = 256 fp32 accumulators
+    in registers with 4-8 warps), 16 under the interpreter (tiny test shapes).  BJ follows Ts so short
+    clips waste little.  Benchmarking knobs (bench/tile_sweep.py), a power of two each:
+    TAP_FAST_TILE_ROWS sets both kernels' row count, TAP_FAST_TILE_ROWS_FWD / _BWD one kernel's (the
+    forward's partial sums do not constrain the backward's tiles)."""
+    rows = int(os.environ.get(f"TAP_FAST_TILE_ROWS_{kernel.upper()}")
+               or os.environ.get("TAP_FAST_TILE_ROWS") or (16 if _interpreting() else 64))
     bj = min(_next_pow2(ts), rows)
     return max(1, rows // bj), bj
 
@@ -497,10 +500,10 @@ def _sm_count(device: torch.device) -> int:
     return 4
 
 
-def _meta(u, v, w2, w3):
+def _meta(u, v, w2, w3, kernel: str):
     n_q, tq, h1 = u.shape
     n_s, ts, _ = v.shape
-    bi, bj = _tile_shape(tq, ts)
+    bi, bj = _tile_shape(tq, ts, kernel)
     return dict(n_q=n_q, n_s=n_s, tq=tq, ts=ts, h1=h1, h2=w2.shape[0], h3=w3.shape[0], bi=bi, bj=bj,
                 n_ib=-(-tq // bi), n_jb=-(-ts // bj))
 
@@ -514,7 +517,7 @@ def _tile_constexprs(m: dict, dtype: torch.dtype) -> dict:
 def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     # The kernels index raw row-major memory: make every operand contiguous (no-op when it already is).
     u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
-    m = _meta(u, v, w2, w3)
+    m = _meta(u, v, w2, w3, "fwd")
     n_tiles = m["n_ib"] * m["n_jb"]
     partial = _new_output((m["n_q"] * m["n_s"], n_tiles), torch.float32, u.device)
     p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), w2.dtype, u.device)
@@ -599,7 +602,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     override the work split (tests use them to cover every split; the result must not change); nprog
     is then the program count of each pass."""
     u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
-    m = _meta(u, v, w2, w3)
+    m = _meta(u, v, w2, w3, "bwd")
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev, f32 = u.device, torch.float32
     sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, (h2 * h1 + h3 * h2) * 4)  # fp32 partials and slots

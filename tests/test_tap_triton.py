@@ -121,6 +121,17 @@ def test_uv_read_and_tile_height_knobs_match_float64(monkeypatch, uv_load, tile_
         assert rel_err(g, w) <= FP32_TOL
 
 
+def test_forward_and_backward_tile_heights_are_independent(monkeypatch):
+    """TAP_FAST_TILE_ROWS_FWD / _BWD cut the two kernels' tiles differently; the result does not change."""
+    monkeypatch.setenv("TAP_FAST_TILE_ROWS_FWD", "8")
+    monkeypatch.setenv("TAP_FAST_TILE_ROWS_BWD", "32")
+    assert tap_triton._tile_shape(6, 11, "fwd") == (1, 8) and tap_triton._tile_shape(6, 11, "bwd") == (2, 16)
+    (got, _, want), (g_got, _, g_want) = _run_all(torch.float32, (2, 2, 6, 11, 5, (20, 10, 6)), seed=13)
+    assert rel_err(got, want) <= FP32_TOL
+    for g, w in zip(g_got, g_want):
+        assert rel_err(g, w) <= FP32_TOL
+
+
 def test_bad_uv_load_knob_is_named(monkeypatch):
     monkeypatch.setenv("TAP_FAST_UV_LOAD", "gather")
     x, y, ws, bs = make_tap_inputs(1, 1, 2, 2, 3, (5, 3, 2), device=DEVICE, seed=0)
