@@ -11,7 +11,9 @@
 #              --platform manylinux_2_28_x86_64 -d .whl av==18.1.0 pysdtw==0.0.5
 # Last run (H200, 2026-11-27, an older stage order): build 54 s, tests 103 s, soft-DTW 32 s, fused
 # TAP rows 198 s, reference rows 42 s, training 106 s; bench/results/gpu_session_h200_20261127.md.
-# Training (issue 6, measured) runs last; the tile sweep now runs right after the soft-DTW rows.
+# Training (issue 6, measured) runs last; the tile sweep runs right after the soft-DTW rows, and the
+# TAP benchmark stages after it use the knobs it found faster (bench/tile_choice.py); a profile of
+# the 5w5s calls (host vs kernel time) follows the fused 5w5s rows.
 set -u
 DEADLINE=${DEADLINE:-540}
 . "$(dirname "$0")/session_lib.sh"
