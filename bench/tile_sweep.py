@@ -67,6 +67,16 @@ def main(argv=None) -> int:
         return 2
     dense = matmul_tflops("cuda")
     rows_out = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every row: a stage cut off by its time cap keeps what it measured
+        result = {"device": device_info("cuda"), "date": time.strftime("%Y-%m-%d"), "dense_tflops": dense,
+                  "rows": rows_out}
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
+
     for q, s in ((64, 64), (5, 25)):
         for t in args.T:
             baseline = None
@@ -79,6 +89,7 @@ def main(argv=None) -> int:
                 else:
                     row["rel_diff_vs_first"] = max(rel_err(a, b) for a, b in zip(outs, baseline))
                 rows_out.append(row)
+                save()
                 print(json.dumps(row), flush=True)
             for ratio in args.bwd_cost_ratios:
                 rows, uv_load = args.variants[0].split("/")
@@ -86,11 +97,9 @@ def main(argv=None) -> int:
                     row, _ = measure(q, s, t, int(rows), uv_load, dense, modes=("fwd_bwd",))
                 row["bwd_cost_ratio"] = ratio
                 rows_out.append(row)
+                save()
                 print(json.dumps(row), flush=True)
-    result = {"device": device_info("cuda"), "date": time.strftime("%Y-%m-%d"), "dense_tflops": dense,
-              "rows": rows_out}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save()
     return 0
 
 
