@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", help="override the dataset location stored in the checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
@@ -125,8 +126,9 @@ def main(argv=None) -> int:
         model, config = model_from_checkpoint(args.checkpoint, device)
         if args.data_root:
             config = config.replace(data_root=args.data_root)
-        index = load_index(config)
-        results = test_report(model, config, index, device, args.split, args.shots, args.episodes)
+        index = load_index(config, progress=not args.no_progress)
+        results = test_report(model, config, index, device, args.split, args.shots, args.episodes,
+                              progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -208,7 +208,7 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     # ---- data (rank 0 first: it may generate the synthetic set or scan and cache a real one) ---
     if not main:
         distributed.barrier(ctx)
-    index = load_index(config)
+    index = load_index(config, progress=progress)
     if main:
         distributed.barrier(ctx)
 

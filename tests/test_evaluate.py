@@ -48,8 +48,10 @@ def test_evaluate_cli_reports_and_names_a_missing_checkpoint(data_root, tmp_path
     with one_thread():
         train(config, RunOptions(progress=False))
         assert evaluate_main(["--checkpoint", str(tmp_path / "best.pt"), "--episodes", "3",
-                              "--json", str(tmp_path / "eval.json")]) == 0
-    assert "3-way 1-shot" in capsys.readouterr().out
+                              "--json", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "3-way 1-shot" in out.out
+    assert "it/s" not in out.err and "episode/s" not in out.err  # --no-progress: no bars
     assert (tmp_path / "eval.json").is_file()
     assert evaluate_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

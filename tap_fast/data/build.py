@@ -19,14 +19,15 @@ from .index import DatasetIndex
 _decoder_choices: dict[tuple, tuple[str, str]] = {}  # (index id, requested) -> (decoder, reason), logged once
 
 
-def load_index(config) -> DatasetIndex:
-    """The dataset index for config.dataset_format (synthetic | auto | video-folders | frame-folders)."""
+def load_index(config, progress: bool = True) -> DatasetIndex:
+    """The dataset index for config.dataset_format (synthetic | auto | video-folders | frame-folders);
+    progress=False: no bars while the synthetic set is generated or a real root scanned."""
     if config.dataset_format == "synthetic":
         from .synthetic import ensure_synthetic_dataset
 
         sizes = {k: getattr(config, f"synthetic_{k}") for k in ("videos_per_class", "frames", "size", "families")
                  if hasattr(config, f"synthetic_{k}")}  # config.synthetic_*: tiny sets for tests
-        root = ensure_synthetic_dataset(root=config.data_root, seed=0, **sizes)
+        root = ensure_synthetic_dataset(root=config.data_root, seed=0, progress=progress, **sizes)
         return DatasetIndex.load(Path(root) / "index.jsonl" if Path(root).is_dir() else root)
     from .formats import FORMATS, build_dataset_index, check_class_counts
 
@@ -41,7 +42,7 @@ def load_index(config) -> DatasetIndex:
         split_dir = Path(config.data_root) / "splits"  # lists shipped beside the data
     report = build_dataset_index(
         config.data_root, fmt=config.dataset_format, split_dir=split_dir, min_frames=config.frames,
-        policy=getattr(config, "bad_video_policy", "fail"), cache_dir=config.out_dir, progress=True)
+        policy=getattr(config, "bad_video_policy", "fail"), cache_dir=config.out_dir, progress=progress)
     warning = check_class_counts(report.index, config.preset)
     if warning:
         print(warning, file=sys.stderr, flush=True)
