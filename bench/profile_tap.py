@@ -24,10 +24,10 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import device_info  # noqa: E402
-from test_bench_tap import EPISODES  # noqa: E402
+from test_bench_tap import EPISODES, benchmark_call  # noqa: E402
 
 from tap_fast.kernels import tap_scores  # noqa: E402
-from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs  # noqa: E402
+from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN  # noqa: E402
 
 
 def _device_time_us(event) -> float:
@@ -38,17 +38,8 @@ def _device_time_us(event) -> float:
 
 
 def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> dict:
-    backward = mode == "fwd_bwd"
-    x, y, ws, bs = make_tap_inputs(q, s, t, t, d, hidden, dtype=dtype, device=device, seed=t, requires_grad=backward)
-    params = [x, y, *ws, *bs]
+    call, _ = benchmark_call(tap_scores, q, s, t, dtype, device, mode == "fwd_bwd", d, hidden)
     cuda = device.type == "cuda"
-
-    def call():
-        out = tap_scores(x, y, ws, bs)
-        if backward:
-            torch.autograd.grad(out.sum(), params)
-        if cuda:
-            torch.cuda.synchronize()
 
     for _ in range(3):  # autotuning and compilation happen here, not in the profile
         call()

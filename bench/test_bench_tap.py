@@ -84,6 +84,22 @@ def _impl_fn(impl):
     return _compiled_reference
 
 
+def benchmark_call(fn, q, s, t, dtype, device, backward: bool, d=PAPER_D, hidden=PAPER_HIDDEN):
+    """(call, params): call() runs fn on fresh inputs (seeded by t) and, when backward, the gradients of
+    every input; on CUDA it synchronises, so a timed call includes the GPU work."""
+    x, y, ws, bs = make_tap_inputs(q, s, t, t, d, hidden, dtype=dtype, device=device, seed=t, requires_grad=backward)
+    params = [x, y, *ws, *bs]
+
+    def call():
+        out = fn(x, y, ws, bs)
+        if backward:
+            torch.autograd.grad(out.sum(), params)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    return call, params
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("T", T_VALUES)
@@ -95,18 +111,9 @@ def test_tap_scores(benchmark, bench_device, bench_device_info, dense_tflops, ep
         pytest.skip(reason)
     q, s = EPISODES[episode]
     backward = mode == "fwd_bwd"
-    x, y, ws, bs = make_tap_inputs(q, s, T, T, PAPER_D, PAPER_HIDDEN, dtype=dtype, device=bench_device,
-                                   seed=T, requires_grad=backward)
-    params = [x, y, *ws, *bs]
     fn = _impl_fn(impl)
     cuda = bench_device.type == "cuda"
-
-    def call():
-        out = fn(x, y, ws, bs)
-        if backward:
-            torch.autograd.grad(out.sum(), params)
-        if cuda:
-            torch.cuda.synchronize()  # the benchmarked call includes the GPU work
+    call, params = benchmark_call(fn, q, s, T, dtype, bench_device, backward)
 
     benchmark.group = f"tap {episode} {mode}"
     benchmark.extra_info.update(
