@@ -85,8 +85,12 @@ def _tile_shape(tq: int, ts: int, kernel: str) -> tuple[int, int]:
     clips waste little.  Benchmarking knobs (bench/tile_sweep.py), a power of two each:
     TAP_FAST_TILE_ROWS sets both kernels' row count, TAP_FAST_TILE_ROWS_FWD / _BWD one kernel's (the
     forward's partial sums do not constrain the backward's tiles)."""
-    rows = int(os.environ.get(f"TAP_FAST_TILE_ROWS_{kernel.upper()}")
-               or os.environ.get("TAP_FAST_TILE_ROWS") or (16 if _interpreting() else 64))
+    name = next((n for n in (f"TAP_FAST_TILE_ROWS_{kernel.upper()}", "TAP_FAST_TILE_ROWS") if os.environ.get(n)), None)
+    rows = os.environ[name] if name else (16 if _interpreting() else 64)
+    least = 1 if _interpreting() else 16  # compiled, tl.dot needs 16 rows at least
+    if name and not (str(rows).isdigit() and int(rows) >= least and int(rows) & (int(rows) - 1) == 0):
+        raise ValueError(f"{name} must be a power of two >= {least}, got {rows!r}")
+    rows = int(rows)
     bj = min(_next_pow2(ts), rows)
     return max(1, rows // bj), bj
 

@@ -108,7 +108,10 @@ def test_backward_plan_gives_the_heavier_pass_more_programs():
     assert plan.nprog_v < plan.nprog_u < 132
 
 
-@pytest.mark.parametrize("uv_load,tile_rows", [("rows", None), ("broadcast", 8), ("rows", 32)])
+SMALL_ROWS = 8 if DEVICE == "cpu" else 16  # compiled kernels need 16 GEMM rows at least (tl.dot)
+
+
+@pytest.mark.parametrize("uv_load,tile_rows", [("rows", None), ("broadcast", SMALL_ROWS), ("rows", 32)])
 def test_uv_read_and_tile_height_knobs_match_float64(monkeypatch, uv_load, tile_rows):
     """The benchmarking knobs (bench/tile_sweep.py) change how tiles are read and cut, never the result:
     the row-wise U/V read and other tile heights (BI > 1 and BJ < Ts included) against float64."""
@@ -123,13 +126,20 @@ def test_uv_read_and_tile_height_knobs_match_float64(monkeypatch, uv_load, tile_
 
 def test_forward_and_backward_tile_heights_are_independent(monkeypatch):
     """TAP_FAST_TILE_ROWS_FWD / _BWD cut the two kernels' tiles differently; the result does not change."""
-    monkeypatch.setenv("TAP_FAST_TILE_ROWS_FWD", "8")
+    monkeypatch.setenv("TAP_FAST_TILE_ROWS_FWD", str(SMALL_ROWS))
     monkeypatch.setenv("TAP_FAST_TILE_ROWS_BWD", "32")
-    assert tap_triton._tile_shape(6, 11, "fwd") == (1, 8) and tap_triton._tile_shape(6, 11, "bwd") == (2, 16)
+    assert tap_triton._tile_shape(6, 11, "fwd") == (1, SMALL_ROWS) and tap_triton._tile_shape(6, 11, "bwd") == (2, 16)
     (got, _, want), (g_got, _, g_want) = _run_all(torch.float32, (2, 2, 6, 11, 5, (20, 10, 6)), seed=13)
     assert rel_err(got, want) <= FP32_TOL
     for g, w in zip(g_got, g_want):
         assert rel_err(g, w) <= FP32_TOL
+
+
+@pytest.mark.parametrize("value", ["24", "0", "big"])
+def test_bad_tile_rows_knob_is_named(monkeypatch, value):
+    monkeypatch.setenv("TAP_FAST_TILE_ROWS_BWD", value)
+    with pytest.raises(ValueError, match="TAP_FAST_TILE_ROWS_BWD must be a power of two"):
+        tap_triton._tile_shape(4, 4, "bwd")
 
 
 def test_bad_uv_load_knob_is_named(monkeypatch):
