@@ -11,9 +11,9 @@
 #              --platform manylinux_2_28_x86_64 -d .whl av==18.1.0 pysdtw==0.0.5
 # Last run (H200, 2026-11-27, an older stage order): build 54 s, tests 103 s, soft-DTW 32 s, fused
 # TAP rows 198 s, reference rows 42 s, training 106 s; bench/results/gpu_session_h200_20261127.md.
-# Training (issue 6, measured) runs last; the tile sweep runs right after the soft-DTW rows, and the
-# TAP benchmark stages after it use the knobs it found faster (bench/tile_choice.py); a profile of
-# the 5w5s calls (host vs kernel time) follows the fused 5w5s rows.
+# The stage order (below) puts first what the open issues still need; training (issue 6, measured)
+# runs last.  The TAP benchmark stages after the tile sweep use the knobs it found faster
+# (bench/tile_choice.py).
 set -u
 DEADLINE=${DEADLINE:-540}
 . "$(dirname "$0")/session_lib.sh"
@@ -23,18 +23,19 @@ build_extension || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
 # The synthetic set (PyAV, CPU) is generated while the GPU checks run.
 python3 -m tap_fast.data.synthetic --workers 4 >"$WORK/synthetic.log" 2>&1 &
 SYNTH=$!
-# Every fused kernel the TAP benchmarks autotune (~250), compiled by 12 processes while the tests
-# run; autotuning alone compiles them one by one (~3 s each). Same knobs as the benchmarks.
+# Every fused kernel the TAP benchmarks autotune (~300), compiled by 12 processes while the first
+# stages run, the tile sweep's first; autotuning alone compiles them one by one (~3 s each).
 env -u TAP_FAST_AUTOTUNE python3 bench/precompile.py --jobs 12 >"$WORK/precompile.log" 2>&1 &
 
-# Correctness on CUDA (one Triton config: the benchmarks check the autotuned ones against float64).
-# The CPU suites are CI's; here only what needs the GPU.
-stage tests 200 env TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
-  --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py
+# Stages in the order their numbers matter: the soft-DTW comparison (issue 4, one short stage), the
+# tile design questions (the large-episode forward vs dense bf16 is among them), the 5w5s fused rows
+# with their float64 checks and the torch.compile rows they are compared with, then the CUDA tests,
+# the rest of the tables, training.  The eager-reference rows of the large episode are not re-run:
+# the reference has not changed since the H200 session (bench/results/tap_h200_*_20261127.json).
 BENCH="python3 -m pytest -q -p no:cacheprovider --benchmark-only"
-stage bench_soft_dtw 90 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-json="$WORK/soft_dtw_gpu.json"
-# The design questions first (tile height x how the K-loop reads U and V), then the issue's tables.
-stage tile_sweep 150 python3 bench/tile_sweep.py --out "$WORK/tile_sweep_gpu.json"
+stage bench_soft_dtw 60 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-json="$WORK/soft_dtw_gpu.json"
+stage tile_sweep 120 python3 bench/tile_sweep.py --T 64 --variants 64/broadcast 128/broadcast 64/rows \
+  --out "$WORK/tile_sweep_gpu.json"
 # The stages below run with the knobs the sweep found faster (each benchmark row records them).
 if [ -s "$WORK/tile_sweep_gpu.json" ] && CHOICE=$(python3 bench/tile_choice.py "$WORK/tile_sweep_gpu.json" 2>>"$LOG"); then
   eval "$CHOICE"
@@ -42,19 +43,23 @@ if [ -s "$WORK/tile_sweep_gpu.json" ] && CHOICE=$(python3 bench/tile_choice.py "
 fi
 # pytest-benchmark writes its JSON at the end of a session: several short sessions, so a cap loses
 # one of them only (Triton's disk cache keeps the compiled kernels from one session to the next).
-stage bench_tap_fused_5w5s 200 $BENCH bench/test_bench_tap.py -k "fused and 5w5s and not 128" \
+stage bench_tap_fused_5w5s 180 $BENCH bench/test_bench_tap.py -k "fused and 5w5s and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_5w5s.json"
-# Host overhead vs kernel time of one fused call (5w5s, T = 4, 32, 64), the kernels just compiled.
-stage profile 60 python3 bench/profile_tap.py --out "$WORK/profile_gpu"
-stage bench_tap_reference 150 $BENCH bench/test_bench_tap.py \
-  -k "(eager_ref and not 128) or (compiled_ref and 5w5s and fwd_bwd and (32 or 64))" \
+stage bench_tap_reference 120 $BENCH bench/test_bench_tap.py \
+  -k "5w5s and ((compiled_ref and fwd_bwd and (32 or 64)) or (eager_ref and not 128))" \
   --benchmark-json="$WORK/tap_gpu_reference.json"
+# Correctness on CUDA at small, odd shapes (one Triton config; the benchmarks above check the
+# autotuned kernels at the paper's widths against float64).  The CPU suites are CI's.
+stage tests 150 env TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
+  --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py
 stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and large and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_large.json"
-stage bench_tap_128 120 $BENCH bench/test_bench_tap.py -k "128 and (fused or eager_ref)" \
+# Host overhead vs kernel time of one fused call (5w5s, T = 4, 32, 64).
+stage profile 45 python3 bench/profile_tap.py --out "$WORK/profile_gpu"
+stage bench_tap_128 90 $BENCH bench/test_bench_tap.py -k "128 and (fused or eager_ref)" \
   --benchmark-json="$WORK/tap_gpu_128.json"
 stage bench_tap_vs_tam 60 $BENCH bench/test_bench_tap_vs_tam.py --benchmark-json="$WORK/tap_vs_tam_gpu.json"
 wait $SYNTH
-stage train 150 python3 bench/train_throughput.py --out "$WORK/train_gpu" --episodes 1000 --workers 6
+stage train 120 python3 bench/train_throughput.py --out "$WORK/train_gpu" --episodes 1000 --workers 6
 echo "== done, $(left) s of $DEADLINE left" | tee -a "$LOG"
 pack

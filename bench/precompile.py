@@ -25,12 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile_report import PAPER_WIDTHS, variant_env  # noqa: E402
 
 DEFAULT_VARIANT = "64/broadcast"
-SWEEP_VARIANTS = ["64/broadcast", "64/rows", "128/broadcast", "128/rows"]  # bench/tile_sweep.py
-# bench/test_bench_tap.py (both episodes, every T; at 128 rows too, which bench/tile_choice.py may pick
-# after the sweep) and bench/tile_sweep.py (T = 32, 64).
-DEFAULT_JOBS = sorted({(v, q, s, t) for v in (DEFAULT_VARIANT, "128/broadcast") for q, s in ((5, 25), (64, 64))
-                       for t in (4, 8, 16, 32, 64, 128)}
-                      | {(v, q, s, t) for v in SWEEP_VARIANTS for q, s in ((5, 25), (64, 64)) for t in (32, 64)})
+SWEEP_VARIANTS = ["64/broadcast", "128/broadcast", "64/rows"]  # bench/tile_sweep.py in bench/gpu_session.sh
+EPISODES = ((64, 64), (5, 25))
+# In the order bench/gpu_session.sh needs them (the pool starts them in this order): the tile sweep's
+# (T = 64), the 5w5s rows, the large rows, then 128-row tiles at every T, which bench/tile_choice.py
+# may pick after the sweep.
+DEFAULT_JOBS = list(dict.fromkeys(
+    [(v, q, s, 64) for q, s in EPISODES for v in SWEEP_VARIANTS]
+    + [(DEFAULT_VARIANT, q, s, t) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128)]
+    + [("128/broadcast", q, s, t) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128)]))
 
 
 def _compile(variant: str, q: int, s: int, t: int, device: str) -> tuple[str, int, float]:
