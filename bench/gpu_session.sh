@@ -49,8 +49,10 @@ stage bench_tap_reference 120 $BENCH bench/test_bench_tap.py \
   -k "5w5s and ((compiled_ref and fwd_bwd and (32 or 64)) or (eager_ref and not 128))" \
   --benchmark-json="$WORK/tap_gpu_reference.json"
 # Correctness on CUDA at small, odd shapes (one Triton config; the benchmarks above check the
-# autotuned kernels at the paper's widths against float64).  The CPU suites are CI's.
-stage tests 150 env TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
+# autotuned kernels at the paper's widths against float64), at the default knobs.  The CPU suites
+# are CI's.
+stage tests 150 env -u TAP_FAST_UV_LOAD -u TAP_FAST_TILE_ROWS_FWD -u TAP_FAST_TILE_ROWS_BWD \
+  -u TAP_FAST_BWD_COST_RATIO TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
   --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py
 stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and large and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_large.json"
