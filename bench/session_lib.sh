@@ -9,6 +9,12 @@ LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1 TAP_FAST_DATA_DIR=/tmp/tap_fast_data MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
 
 left() { echo $((DEADLINE - ($(date +%s) - T0))); }
+# wait_for PID CAP: wait until background job PID ends, CAP seconds at most (it may go on after).
+wait_for() {
+  local pid=$1 cap=$2 t=0
+  while kill -0 "$pid" 2>/dev/null && ((t < cap)); do sleep 1; t=$((t + 1)); done
+  echo "== waited ${t} s for pid $pid$(kill -0 "$pid" 2>/dev/null && echo ', still running')" | tee -a "$LOG"
+}
 pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; }
 # stage NAME CAP CMD...: run CMD for at most min(CAP, time left - 15) s, log its output, pack results.
 stage() {
