@@ -7,6 +7,9 @@
 # bench/session_lib.sh (shared with bench/dali_session.sh).
 #
 #   device: TAP_FAST_COMMIT=<sha> DEADLINE=540 bash bench/gpu_session.sh   (carry .whl: av, pysdtw)
+#   With DALI to run too (15 min of device time): carry .whl/pysdtw-*.whl plus .parts/part_000 (and
+#   its .sha256) on this call, then at once, on the warm machine, .whl/av-*.whl plus .parts/part_001
+#   with bench/dali_session.sh: two calls, each under the 64 MiB a call may carry.
 #   .whl here: pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #              --platform manylinux_2_28_x86_64 -d .whl av==18.1.0 pysdtw==0.0.5
 # Last run (H200, 2026-11-27, an older stage order): build 54 s, tests 103 s, soft-DTW 32 s, fused
@@ -52,9 +55,15 @@ stage profile 45 python3 bench/profile_tap.py --t 4 32 --out "$WORK/profile_gpu"
 stage bench_tap_reference 120 $BENCH bench/test_bench_tap.py \
   -k "5w5s and ((compiled_ref and fwd_bwd and (32 or 64)) or (eager_ref and not 128))" \
   --benchmark-json="$WORK/tap_gpu_reference.json"
-# The synthetic set (PyAV, CPU) for the training stage is generated from here on.
-nice -n 10 python3 -m tap_fast.data.synthetic --workers 4 >"$WORK/synthetic.log" 2>&1 &
-SYNTH=$!
+# The synthetic set (PyAV, CPU) for the training stage is generated from here on, when PyAV was
+# carried (a call that carries a DALI part instead has no room for it: training is then skipped).
+SYNTH=
+if python3 -c "import av" 2>/dev/null; then
+  nice -n 10 python3 -m tap_fast.data.synthetic --workers 4 >"$WORK/synthetic.log" 2>&1 &
+  SYNTH=$!
+else
+  echo "== PyAV not carried: no synthetic set, no training stage" | tee -a "$LOG"
+fi
 # Correctness on CUDA at small, odd shapes (one Triton config; the benchmarks above check the
 # autotuned kernels at the paper's widths against float64), at the default knobs.  The CPU suites
 # are CI's.
@@ -66,7 +75,9 @@ stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and lar
 stage bench_tap_128 90 $BENCH bench/test_bench_tap.py -k "128 and (fused or eager_ref)" \
   --benchmark-json="$WORK/tap_gpu_128.json"
 stage bench_tap_vs_tam 60 $BENCH bench/test_bench_tap_vs_tam.py --benchmark-json="$WORK/tap_vs_tam_gpu.json"
-wait $SYNTH
-stage train 120 python3 bench/train_throughput.py --out "$WORK/train_gpu" --episodes 1000 --workers 6
+if [ -n "$SYNTH" ]; then
+  wait $SYNTH
+  stage train 120 python3 bench/train_throughput.py --out "$WORK/train_gpu" --episodes 1000 --workers 6
+fi
 echo "== done, $(left) s of $DEADLINE left" | tee -a "$LOG"
 pack
