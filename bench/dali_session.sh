@@ -25,5 +25,6 @@ stage dali_tests 150 python3 -m pytest -q -p no:cacheprovider --junitxml="$WORK/
   tests/test_dali.py tests/test_data_decode.py
 stage bench_decode 240 python3 -m pytest -q -p no:cacheprovider --benchmark-only bench/test_bench_decode.py \
   --benchmark-json="$WORK/decode_gpu.json"
+python3 bench/targets.py "$WORK"/*.json --out "$WORK/targets.md" >>"$LOG" 2>&1  # the issues' targets, read off
 echo "== done, $(left) s of $DEADLINE left" | tee -a "$LOG"
 pack

@@ -79,5 +79,6 @@ if [ -n "$SYNTH" ]; then
   wait $SYNTH
   stage train 120 python3 bench/train_throughput.py --out "$WORK/train_gpu" --episodes 1000 --workers 6
 fi
+python3 bench/targets.py "$WORK"/*.json --out "$WORK/targets.md" >>"$LOG" 2>&1  # the issues' targets, read off
 echo "== done, $(left) s of $DEADLINE left" | tee -a "$LOG"
 pack

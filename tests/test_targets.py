@@ -1,0 +1,46 @@
+"""bench/targets.py reads the issues' GPU targets off benchmark results (here: the H200 session's)."""
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from targets import load, targets  # noqa: E402
+
+H200 = sorted((REPO / "bench" / "results").glob("tap_h200_*_20261127.json"))
+
+
+def _by_target(rows):
+    return {r["target"]: r for r in rows}
+
+
+def test_h200_session_targets_read_as_recorded_in_its_notes():
+    rows = _by_target(targets(*load(H200)))
+    fwd = rows["fused forward, Q = S = 64: >= 50% of dense bf16"]
+    assert fwd["met"] is False and "31.4%" in fwd["measured"]
+    speed = rows["5w5s T=32 fwd+bwd: >= 3x faster than torch.compile"]
+    assert speed["met"] is False and speed["measured"].startswith("0.60x")
+    assert rows["5w5s T=32 fwd+bwd: >= 10x less peak memory"]["met"] is False
+    assert rows["5w5s T=64 fwd+bwd: >= 10x less peak memory"]["met"] is True
+    assert rows["fused rows vs float64 within their bounds"]["met"] is True
+    assert all(r["met"] is None for r in rows.values() if r["issue"] in (4, 5))
+
+
+def test_soft_dtw_sweep_and_dali_rows(tmp_path):
+    def bench(name, params, extra):
+        return {"name": name, "params": params, "extra_info": extra}
+
+    soft_dtw = [bench(f"sd{t}{impl}", {"device": "cuda", "T": t, "impl": impl, "mode": "fwd_bwd"}, {"time_ms": ms})
+                for t, impl, ms in ((32, "ours", 0.5), (32, "pysdtw", 3.0), (256, "ours", 1.4), (256, "pysdtw", 5.0))]
+    decode = [bench("h264-dali", {"decoder": "dali-gpu"}, {"decoder": "dali-gpu", "clips_per_s": 900.0, "resize": 256})]
+    sweep = {"rows": [{"Q": 64, "S": 64, "T": 64, "rows": 128, "uv_load": "broadcast", "fwd": {"pct_of_dense": 52.0}}]}
+    paths = []
+    for i, data in enumerate(({"benchmarks": soft_dtw + decode}, sweep)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(data))
+    rows = _by_target(targets(*load(paths)))
+    assert rows["soft-DTW CUDA fwd+bwd, B = 250, T = 32: >= 5x pysdtw's CUDA code"]["met"] is True  # 6x
+    assert rows["soft-DTW CUDA fwd+bwd, B = 250, T = 256: >= 5x pysdtw's CUDA code"]["met"] is False  # 3.6x
+    assert rows["DALI mixed decoding, H.264 256 px: clips/s recorded"]["measured"].startswith("900")
+    fwd = rows["fused forward, Q = S = 64: >= 50% of dense bf16"]
+    assert fwd["met"] is True and "128/broadcast" in fwd["measured"]
