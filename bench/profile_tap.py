@@ -31,10 +31,11 @@ from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN  # noqa: E402
 
 
 def _device_time_us(event) -> float:
-    for name in ("self_device_time_total", "self_cuda_time_total"):
-        if hasattr(event, name):
-            return getattr(event, name)
-    return 0.0
+    """Device time of a GPU-side event (kernel, memcpy, memset); 0 for CPU ops, whose "self device
+    time" repeats the time of the kernels they launched."""
+    if event.device_type == torch.autograd.DeviceType.CPU:
+        return 0.0
+    return event.self_device_time_total
 
 
 def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> dict:
@@ -59,7 +60,7 @@ def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> di
         T=t, mode=mode, Q=q, S=s, wall_ms=wall_ms, device_ms=device_ms,
         idle_ms=wall_ms - device_ms if cuda else None,
         kernels=[dict(name=n[:90], ms=ms, per_call=c) for n, ms, c in kernels[:top]],
-        table=averages.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=top),
+        table=averages.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=top),
     )
 
 
