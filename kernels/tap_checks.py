@@ -14,11 +14,12 @@ __all__ = ["validate_tap_inputs"]
 def _check_finite(**tensors: torch.Tensor) -> None:
     # isfinite on the whole tensor is one cheap pass; NaN/inf here would silently poison every score.
     # It is data-dependent (a host sync on GPU, one for all the tensors), so it is skipped while
-    # torch.compile traces: a compiled graph cannot branch on tensor values.
+    # torch.compile traces (a compiled graph cannot branch on tensor values) and while a CUDA graph is
+    # being captured (a sync would end the capture).
     if torch.compiler.is_compiling():
         return
     named = [(name, t) for name, t in tensors.items() if t.is_floating_point() and t.numel()]
-    if not named:
+    if not named or (named[0][1].is_cuda and torch.cuda.is_current_stream_capturing()):
         return
     finite = torch.stack([torch.isfinite(t).all() for _, t in named])
     if bool(finite.all()):

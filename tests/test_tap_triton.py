@@ -196,3 +196,23 @@ def test_unsupported_depth_falls_back_or_errors():
     with pytest.raises(ValueError, match="3 hidden layers"):
         tap_scores(x, y, ws, bs, backend="triton")
     assert tap_scores(x, y, ws, bs).shape == (1, 2)  # auto -> torch path
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_fused_scores_replay_in_a_cuda_graph():
+    """After a warm-up call (autotuning, the prelude's one-time probe), the forward captures into a CUDA
+    graph (the finite-input check, a host sync, stands aside during capture) and replays exactly."""
+    x, y, ws, bs = make_tap_inputs(2, 3, 5, 7, 12, (20, 10, 6), dtype=torch.bfloat16, device=DEVICE, seed=21)
+    want = tap_scores(x, y, ws, bs, backend="triton")
+    side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph's docs ask
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        tap_scores(x, y, ws, bs, backend="triton")
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = tap_scores(x, y, ws, bs, backend="triton")
+    x.copy_(torch.randn_like(x))  # the graph reads its inputs' memory at replay
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(got, tap_scores(x, y, ws, bs, backend="triton")) <= 1e-6 and rel_err(got, want) > 0
