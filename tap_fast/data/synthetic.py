@@ -473,6 +473,9 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 
                 rel = Path("videos") / c / f"{v:03d}.webm"
                 jobs.append((str(tmp / rel), c, seed, v, frames, size))
                 records.append(VideoRecord(final / rel, c, SYNTHETIC_CLASSES[c].split, frames))
+        if not progress:  # no bar: say what the wait is for
+            print(f"tap_fast.data: generating the synthetic set ({len(jobs)} videos) in {final}",
+                  file=sys.stderr, flush=True)
         _run_jobs(jobs, workers, progress)
         # Index paths are relative to the index file, so writing it inside tmp is fine.
         DatasetIndex([VideoRecord(tmp / r.path.relative_to(final), r.class_name, r.split, r.num_frames)
