@@ -600,6 +600,17 @@ def _bwd_cost_ratio() -> float:
     return float(os.environ.get("TAP_FAST_BWD_COST_RATIO", BWD_COST_U_OVER_V))
 
 
+def _zeroed_f32(device, *shapes) -> list[torch.Tensor]:
+    """Contiguous zeroed fp32 tensors of these shapes, carved from one allocation (one memset launch
+    instead of one per accumulator: the host cost of small episodes)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    starts = [0]
+    for size in sizes:  # each part starts 128-byte aligned, as its own allocation would (Triton
+        starts.append(starts[-1] + -(-size // 32) * 32)  # specialises pointers on 16-byte alignment)
+    flat = torch.zeros(starts[-1], dtype=torch.float32, device=device)
+    return [flat[start:start + size].view(shape) for start, size, shape in zip(starts, sizes, shapes)]
+
+
 def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None,
               chunk=BWD_CHUNK):
     """All gradients of scores w.r.t. (u, v, cos, w2, b2, w3, b3, w4, b4).  groups_u/groups_v/nprog/chunk
@@ -608,7 +619,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
     m = _meta(u, v, w2, w3, "bwd")
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
-    dev, f32 = u.device, torch.float32
+    dev = u.device
     sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, (h2 * h1 + h3 * h2) * 4)  # fp32 partials and slots
     plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v, nprog,
                          sizes)
@@ -617,14 +628,9 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each into its own slot
     # (nprog_u x |weights| in fp32).  OWN_V programs: dV only.
     dcos = _new_output(cos.shape, cos.dtype, dev)
-    du_part = torch.zeros(plan.groups_u, n_q, tq, h1, dtype=f32, device=dev)
-    dv_part = torch.zeros(plan.groups_v, n_s, ts, h1, dtype=f32, device=dev)
-    dw2_p = torch.zeros(nprog_u, h2, h1, dtype=f32, device=dev)
-    db2_p = torch.zeros(nprog_u, h2, dtype=f32, device=dev)
-    dw3_p = torch.zeros(nprog_u, h3, h2, dtype=f32, device=dev)
-    db3_p = torch.zeros(nprog_u, h3, dtype=f32, device=dev)
-    dw4_p = torch.zeros(nprog_u, h3, dtype=f32, device=dev)
-    db4_p = torch.zeros(nprog_u, dtype=f32, device=dev)
+    du_part, dv_part, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p = _zeroed_f32(
+        dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1), (nprog_u, h2, h1), (nprog_u, h2),
+        (nprog_u, h3, h2), (nprog_u, h3), (nprog_u, h3), (nprog_u,))
     programs = nprog_u + plan.nprog_v
     scratch = torch.empty(programs * chunk * m["bi"] * m["bj"] * _pad(h2), dtype=w2.dtype, device=dev)
     _launch(_tap_bwd_kernel, (programs,),
