@@ -54,7 +54,7 @@ class _NoLaunch:
 
 def _mm_wide_as_on_cuda(a, b):
     """What tap_prelude._mm_wide allocates on CUDA: only its fp32 result (values are not needed)."""
-    return torch.empty(a.shape[0], b.shape[1], dtype=torch.float64 if a.dtype == torch.float64 else torch.float32)
+    return torch.empty(a.shape[0], b.shape[1], dtype=prelude.wide_dtype(a.dtype))
 
 
 def _allocation_peak(events) -> int:

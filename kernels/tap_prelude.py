@@ -28,7 +28,8 @@ _LOG = logging.getLogger(__name__)
 _LOWP = (torch.float16, torch.bfloat16)
 
 
-def _wide(dtype: torch.dtype) -> torch.dtype:
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype for inputs of ``dtype``: fp64 for fp64, else fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -47,7 +48,7 @@ def _out_dtype_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
 
 def _mm_wide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b for 2-D a, b in one dtype, result in fp32 (fp64 for fp64)."""
-    wide = _wide(a.dtype)
+    wide = wide_dtype(a.dtype)
     if a.dtype in _LOWP and a.is_cuda and (torch.compiler.is_compiling() or _out_dtype_mm_works(a.device, a.dtype)):
         return torch.mm(a, b, out_dtype=wide)
     return torch.mm(a.to(wide), b.to(wide))

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 
+from .tap_prelude import wide_dtype
+
 __all__ = ["DEFAULT_BUDGET_BYTES", "plan_chunk_rows", "chunk_activation_bytes", "tap_pairs_torch", "tap_p_torch"]
 
 # Hidden activations held per chunk (forward or backward recompute).  64 MiB keeps the GEMMs large
@@ -36,10 +38,6 @@ def plan_chunk_rows(ts: int, hidden_widths: Sequence[int], itemsize: int, budget
 def chunk_activation_bytes(rows: int, ts: int, hidden_widths: Sequence[int], itemsize: int) -> int:
     """Bytes of hidden activations one chunk of ``rows`` rows holds (the quantity the budget bounds)."""
     return rows * _row_bytes(ts, hidden_widths, itemsize)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _row_indices(r0: int, r1: int, n_s: int, tq: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +73,7 @@ def _pairs_fwd(u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, weights: lis
     """scores[q, s] = sum_ij sigmoid(MLP_{2..L}(relu(U_qi + V_sj))) * C_qsij, chunk by chunk."""
     n_q, tq, _ = u.shape
     n_s, ts, _ = v.shape
-    acc = _acc_dtype(u.dtype)
+    acc = wide_dtype(u.dtype)
     u_flat = u.reshape(n_q * tq, -1)
     cos_rows = cos.reshape(n_q * n_s * tq, ts)
     row_sums = torch.empty(n_q * n_s * tq, dtype=acc, device=u.device)
@@ -99,7 +97,7 @@ def _pairs_bwd(grad_scores: torch.Tensor, u: torch.Tensor, v: torch.Tensor, cos:
     n_layers = len(weights)
     n_q, tq, h1 = u.shape
     n_s, ts, _ = v.shape
-    acc = _acc_dtype(u.dtype)
+    acc = wide_dtype(u.dtype)
     u_flat = u.reshape(n_q * tq, h1)
     cos_rows = cos.reshape(n_q * n_s * tq, ts)
     g_rows = grad_scores.to(acc).reshape(n_q * n_s, 1).expand(n_q * n_s, tq).reshape(-1)
