@@ -40,10 +40,14 @@ stage bench_soft_dtw 60 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-
 stage tile_sweep 120 python3 bench/tile_sweep.py --T 64 --variants 64/broadcast 128/broadcast 64/rows \
   --out "$WORK/tile_sweep_gpu.json"
 # The stages below run with the knobs the sweep found faster (each benchmark row records them).
+CHOICE=
 if [ -s "$WORK/tile_sweep_gpu.json" ] && CHOICE=$(python3 bench/tile_choice.py "$WORK/tile_sweep_gpu.json" 2>>"$LOG"); then
   eval "$CHOICE"
   echo "== tile choice: ${CHOICE:-defaults}" | tee -a "$LOG" "$WORK/stages.txt"
 fi
+# `env` arguments that unset whatever the choice exported (the CUDA tests run at the defaults)
+AT_DEFAULTS=
+for kv in ${CHOICE#export }; do AT_DEFAULTS="$AT_DEFAULTS -u ${kv%%=*}"; done
 # pytest-benchmark writes its JSON at the end of a session: several short sessions, so a cap loses
 # one of them only (Triton's disk cache keeps the compiled kernels from one session to the next).
 wait_for $PRECOMPILE 90
@@ -67,8 +71,7 @@ fi
 # Correctness on CUDA at small, odd shapes (one Triton config; the benchmarks above check the
 # autotuned kernels at the paper's widths against float64), at the default knobs.  The CPU suites
 # are CI's.
-stage tests 150 env -u TAP_FAST_UV_LOAD -u TAP_FAST_TILE_ROWS_FWD -u TAP_FAST_TILE_ROWS_BWD \
-  -u TAP_FAST_BWD_COST_RATIO TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
+stage tests 150 env $AT_DEFAULTS TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
   --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py
 stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and large and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_large.json"
