@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -46,10 +46,26 @@ MIB = 2**20
 
 
 class _NoLaunch:
-    """Stands in for an autotuned kernel: kernel[grid](*args) does nothing."""
+    """Stands in for an autotuned kernel: kernel[grid](*args) does nothing (``on_launch`` is called,
+    when given: bench/host_cost.py times the host path up to the launches)."""
+
+    def __init__(self, on_launch=None):
+        self.on_launch = on_launch or (lambda: None)
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        return lambda *args, **kwargs: self.on_launch()
+
+
+@contextmanager
+def stubbed_kernels(sms: int, on_launch=None):
+    """The fused op with its Triton launches replaced by no-ops, as on a GPU with ``sms``
+    multiprocessors (the persistent backward's work split depends on it)."""
+    with ExitStack() as stack:
+        for name in ("_tap_fwd_kernel", "_tap_bwd_kernel"):
+            if hasattr(tap_triton, name):
+                stack.enter_context(mock.patch.object(tap_triton, name, _NoLaunch(on_launch)))
+        stack.enter_context(mock.patch.object(tap_triton, "_sm_count", lambda device: sms))
+        yield
 
 
 def _mm_wide_as_on_cuda(a, b):
@@ -73,10 +89,7 @@ def fused_peak_bytes(q: int, s: int, t: int, sms: int, backward: bool, d: int = 
     x, y, ws, bs = make_tap_inputs(q, s, t, t, d, hidden, dtype=dtype, seed=0, requires_grad=backward)
     params = [x, y, *ws, *bs]
     with ExitStack() as stack:
-        for name in ("_tap_fwd_kernel", "_tap_bwd_kernel"):
-            if hasattr(tap_triton, name):
-                stack.enter_context(mock.patch.object(tap_triton, name, _NoLaunch()))
-        stack.enter_context(mock.patch.object(tap_triton, "_sm_count", lambda device: sms))
+        stack.enter_context(stubbed_kernels(sms))
         # On CUDA the prelude's low-precision GEMMs write fp32 directly (torch.mm out_dtype); the CPU
         # fallback would add upcast copies of X, Y and W1 that a GPU never makes.
         if prelude is not None:  # (older commits upcast on every device: nothing to patch)

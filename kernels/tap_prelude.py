@@ -20,9 +20,8 @@ import functools
 import logging
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["prelude", "first_layer_wide"]
+__all__ = ["prelude", "wide_dtype"]
 
 _LOG = logging.getLogger(__name__)
 _LOWP = (torch.float16, torch.bfloat16)
@@ -54,46 +53,83 @@ def _mm_wide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a.to(wide), b.to(wide))
 
 
-class _FirstLayerWide(torch.autograd.Function):
-    """(U, V) = (X W1[:, :D]^T, Y W1[:, D:]^T + b1) in fp32 from inputs in any one dtype.
+# F.normalize's eps: a frame feature with a smaller norm is divided by eps instead.
+_NORM_EPS = 1e-12
 
-    Saves only the inputs (no wide copies).  Gradients come back in the inputs' dtype: dU and dV are
-    rounded to it once, then each gradient is one GEMM with fp32 accumulation, the precision eager
-    PyTorch gives these GEMMs in that dtype."""
+
+def _normalized(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x2 / max(|x2|, eps) row by row, that denominator [N, 1]): F.normalize's values."""
+    denom = torch.linalg.vector_norm(x2, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    return x2 / denom, denom
+
+
+def _normalize_backward(grad: torch.Tensor, xn: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """d/dx of x / max(|x|, eps) applied to grad: (grad - xn (xn . grad)) / |x| where |x| > eps, and
+    grad / eps where the norm was clamped (the denominator is then a constant)."""
+    radial = (xn * grad).sum(-1, keepdim=True) * (denom > _NORM_EPS)
+    return (grad - xn * radial) / denom
+
+
+class _Prelude(torch.autograd.Function):
+    """(U, V, cos) from inputs in any one dtype, as one autograd node.
+
+    U = X W1[:, :D]^T and V = Y W1[:, D:]^T + b1 come out in fp32 (no wide copies of the inputs are
+    made or saved).  cos is n(X) n(Y)^T in the inputs' dtype, as F.normalize and a GEMM give it.
+    Why one Function with a hand-written backward: autograd through F.normalize and einsum records a
+    dozen small nodes whose host cost (~0.25 ms per call on a 2-core CPU) is what small episodes pay.
+    Gradients come back in the inputs' dtype: dU and dV are rounded to it once, then each gradient is
+    one GEMM with fp32 accumulation, the precision eager PyTorch gives these GEMMs in that dtype."""
 
     @staticmethod
     def forward(ctx, x, y, w1, b1):
+        ctx.set_materialize_grads(False)  # tap_alignment differentiates cos only: skip the U/V GEMMs
         d = x.shape[-1]
-        ctx.save_for_backward(x, y, w1)
-        u = _mm_wide(x.reshape(-1, d), w1[:, :d].t())
-        v = _mm_wide(y.reshape(-1, d), w1[:, d:].t())
+        x2, y2 = x.reshape(-1, d), y.reshape(-1, d)
+        u = _mm_wide(x2, w1[:, :d].t())
+        v = _mm_wide(y2, w1[:, d:].t())
         v = v + b1.to(v.dtype)
-        return u.reshape(*x.shape[:-1], -1), v.reshape(*y.shape[:-1], -1)
+        xn, x_denom = _normalized(x2)
+        yn, y_denom = _normalized(y2)
+        (n_q, tq), (n_s, ts) = x.shape[:2], y.shape[:2]
+        # [Q Tq, S Ts] viewed as [Q, S, Tq, Ts] (the layout einsum would return; the kernels copy it)
+        cos = (xn @ yn.t()).view(n_q, tq, n_s, ts).permute(0, 2, 1, 3)
+        ctx.save_for_backward(x, y, w1, xn, x_denom, yn, y_denom)
+        return u.view(n_q, tq, -1), v.view(n_s, ts, -1), cos
 
     @staticmethod
-    def backward(ctx, du, dv):
-        x, y, w1 = ctx.saved_tensors
+    def backward(ctx, du, dv, dcos):
+        x, y, w1, xn, x_denom, yn, y_denom = ctx.saved_tensors
         d = x.shape[-1]
-        h1 = w1.shape[0]
-        du = (du if du is not None else x.new_zeros(*x.shape[:-1], h1)).reshape(-1, h1)
-        dv = (dv if dv is not None else y.new_zeros(*y.shape[:-1], h1)).reshape(-1, h1)
-        db1 = dv.sum(0).to(w1.dtype) if ctx.needs_input_grad[3] else None
-        du, dv = du.to(x.dtype), dv.to(y.dtype)
-        dx = (du @ w1[:, :d]).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        dy = (dv @ w1[:, d:]).reshape(y.shape) if ctx.needs_input_grad[1] else None
+        need_x, need_y, need_w1, need_b1 = ctx.needs_input_grad
+        db1 = dv.sum((0, 1)).to(w1.dtype) if need_b1 and dv is not None else None
+        dx2 = dy2 = None  # [N, D] in the inputs' dtype, or None when nothing flows there
+        dw1_x = dw1_y = None
+        if du is not None:
+            du = du.reshape(-1, du.shape[-1]).to(x.dtype)
+            dx2 = du @ w1[:, :d] if need_x else None
+            dw1_x = du.t() @ x.reshape(-1, d) if need_w1 else None
+        if dv is not None:
+            dv = dv.reshape(-1, dv.shape[-1]).to(y.dtype)
+            dy2 = dv @ w1[:, d:] if need_y else None
+            dw1_y = dv.t() @ y.reshape(-1, d) if need_w1 else None
+        if dcos is not None and (need_x or need_y):
+            g = dcos.permute(0, 2, 1, 3).reshape(xn.shape[0], yn.shape[0])  # back to [Q Tq, S Ts]
+            if need_x:
+                gx = _normalize_backward(g @ yn, xn, x_denom)
+                dx2 = gx if dx2 is None else dx2 + gx
+            if need_y:
+                gy = _normalize_backward(g.t() @ xn, yn, y_denom)
+                dy2 = gy if dy2 is None else dy2 + gy
         dw1 = None
-        if ctx.needs_input_grad[2]:
-            dw1 = torch.cat([du.t() @ x.reshape(-1, d), dv.t() @ y.reshape(-1, d)], dim=1)
+        if dw1_x is not None or dw1_y is not None:
+            dw1 = torch.cat([w1.new_zeros(w1.shape[0], d) if dw1_x is None else dw1_x,
+                             w1.new_zeros(w1.shape[0], d) if dw1_y is None else dw1_y], dim=1)
+        dx = None if dx2 is None else dx2.view(x.shape)
+        dy = None if dy2 is None else dy2.view(y.shape)
         return dx, dy, dw1, db1
 
 
-def first_layer_wide(x, y, w1, b1):
-    """(U [Q, Tq, H1], V [S, Ts, H1]) in fp32 (fp64 for fp64 inputs); differentiable."""
-    return _FirstLayerWide.apply(x, y, w1, b1)
-
-
 def prelude(x, y, weights, biases):
-    """(U, V, cos) for validated inputs in one dtype (see the module docstring)."""
-    u, v = first_layer_wide(x, y, weights[0], biases[0])
-    cos = torch.einsum("qid,sjd->qsij", F.normalize(x, dim=-1, eps=1e-12), F.normalize(y, dim=-1, eps=1e-12))
-    return u, v, cos
+    """(U [Q, Tq, H1], V [S, Ts, H1], cos [Q, S, Tq, Ts]) for validated inputs in one dtype (see the
+    module docstring); U and V in fp32 (fp64 for fp64 inputs), cos in the inputs' dtype."""
+    return _Prelude.apply(x, y, weights[0], biases[0])

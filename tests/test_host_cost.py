@@ -1,0 +1,28 @@
+"""bench/host_cost.py, the fused op's host-cost meter that runs without a GPU, keeps working.
+
+It runs in a subprocess: it sets TRITON_INTERPRET=1 for its own process (see test_memory_model.py).
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+_SCRIPT = """
+import json, sys
+sys.path.insert(0, {bench!r})
+from host_cost import host_cost
+print(json.dumps([host_cost(2, 3, 4, backward, batches=2, calls=3) for backward in (False, True)]))
+"""
+
+
+def test_host_cost_reports_the_call_and_its_first_launch():
+    run = subprocess.run([sys.executable, "-c", _SCRIPT.format(bench=str(REPO / "bench"))],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    fwd, fwd_bwd = json.loads(run.stdout.strip().splitlines()[-1])
+    for row in (fwd, fwd_bwd):
+        # the stubbed forward launch was reached, and after the call had started
+        assert 0 < row["us_to_first_launch"] < row["us_per_call"]
+    assert 0 < fwd["aten_ops"] < fwd_bwd["aten_ops"]
