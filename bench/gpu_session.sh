@@ -56,6 +56,9 @@ stage bench_tap_fused_5w5s 180 $BENCH bench/test_bench_tap.py -k "fused and 5w5s
 # Host overhead vs kernel time of one fused call (5w5s, T = 4 and 32): on the H200 the forward
 # had ~0.8 ms that did not grow with T, half of what a 3x win over torch.compile allows at T = 32.
 stage profile 45 python3 bench/profile_tap.py --t 4 32 --out "$WORK/profile_gpu"
+# The same calls' host work alone on this machine's CPU (kernels stubbed): with the profile's idle
+# time it separates Python from launches and syncs (bench/results/host_cost_cpu_*.md is this CPU's).
+stage host_cost 40 python3 bench/host_cost.py --batches 8 --out "$WORK/host_cost_gpu_host"
 stage bench_tap_reference 120 $BENCH bench/test_bench_tap.py \
   -k "5w5s and ((compiled_ref and fwd_bwd and (32 or 64)) or (eager_ref and not 128))" \
   --benchmark-json="$WORK/tap_gpu_reference.json"
