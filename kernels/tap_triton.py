@@ -694,14 +694,16 @@ _tap_pairs_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
 
 class _TapPairsEager(torch.autograd.Function):
     """The same forward and backward as the custom ops, as a plain autograd node: what eager calls go
-    through.  The custom ops' dispatch (schema checks, defaults, the autograd wrapper) costs ~0.25 ms
+    through.  The custom ops' dispatch (schema checks, defaults, the autograd wrapper) costs ~0.1 ms
     of host time per forward+backward on a 2-core CPU, more than the kernels' work on small episodes;
     torch.compile needs the ops (an opaque node it can trace around), eager mode does not."""
 
     @staticmethod
     def forward(ctx, u, v, cos, w2, b2, w3, b3, w4, b4):
-        ctx.save_for_backward(u, v, cos, w2, b2, w3, b3, w4, b4)
-        scores, _ = _forward(u, v, cos, w2, b2, w3, b3, w4, b4, False)
+        # saved contiguous (cos arrives as a permuted view), so the backward does not copy it again
+        args = [t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4)]
+        ctx.save_for_backward(*args)
+        scores, _ = _forward(*args, False)
         return scores
 
     @staticmethod
