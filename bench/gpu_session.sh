@@ -75,7 +75,8 @@ fi
 # autotuned kernels at the paper's widths against float64), at the default knobs.  The CPU suites
 # are CI's.
 stage tests 150 env $AT_DEFAULTS TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
-  --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py
+  --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py \
+  tests/test_tap_prelude.py
 stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and large and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_large.json"
 stage bench_tap_128 90 $BENCH bench/test_bench_tap.py -k "128 and (fused or eager_ref)" \

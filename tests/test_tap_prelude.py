@@ -1,10 +1,15 @@
-"""The prelude's hand-written autograd node (U, V, cos) against autograd through the plain ops."""
+"""The prelude's hand-written autograd node (U, V, cos) against autograd through the plain ops.
+
+On a GPU machine the inputs live on CUDA, where bf16/fp16 U and V come from GEMMs with fp32 output
+(bench/gpu_session.sh runs this file there)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tap_fast.kernels.tap_prelude import prelude
 from tap_fast.kernels.tap_testing import lowp_tolerance, make_tap_inputs, rel_err
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _plain_prelude(x, y, w1, b1):
@@ -24,12 +29,12 @@ def _inputs(dtype, seed, zero_rows=False):
         y[0, 3] = 0.0
         x[2, 0] *= 1e-14
         y[1, 1] *= 1e-14
-    return [t.to(dtype).requires_grad_() for t in (x, y, ws[0], bs[0])]
+    return [t.to(dtype=dtype, device=DEVICE).requires_grad_() for t in (x, y, ws[0], bs[0])]
 
 
 def _cotangents(outs, seed):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype) for o in outs]
+    return [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype=o.dtype, device=o.device) for o in outs]
 
 
 @pytest.mark.parametrize("zero_rows", [False, True])
