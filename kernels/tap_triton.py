@@ -650,7 +650,8 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
 
 # ------------------------------------------------------------------------------------------ torch ops
 # Registered as custom ops so torch.compile treats the fused kernels as one opaque node (no graph
-# break, no tracing into Triton) and autograd goes through register_autograd.
+# break, no tracing into Triton), with autograd through register_autograd.  Eager calls take the
+# plain autograd.Function below instead (same kernels, less host work).
 
 
 @torch.library.custom_op("tap_fast::tap_pairs_fwd", mutates_args=())
