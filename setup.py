@@ -61,8 +61,15 @@ def extension_build():
     Build speed defaults (override by setting them): MAX_JOBS=2, and
     TORCH_CUDA_ARCH_LIST="9.0" (H100/H200; e.g. "8.0;9.0" for A100 too).
     """
-    import torch
-    from torch.utils import cpp_extension
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as err:  # the usual cause: pip's build isolation hides the installed torch
+        raise SystemExit(
+            f"tap_fast's extension compiles against an installed torch, but it cannot be imported ({err}). "
+            "Install torch first, then this package with --no-build-isolation, e.g.\n"
+            "  pip install torch==2.14.1 torchvision==0.29.1\n"
+            "  pip install --no-build-isolation -e \".[test]\"") from None
 
     mode = os.environ.get("TAP_FAST_BUILD_EXT", "auto").strip().lower()
     if mode not in ("auto", "cpu", "cuda"):

@@ -1,4 +1,4 @@
-// Shared description of the two soft-DTW recursions (see DESIGN.md, "soft_dtw").
+// Shared description of the two soft-DTW recursions (see kernels/soft_dtw.py, soft_dtw).
 //
 // Both variants are computed on one padded grid R[rows][cols]; column 0 (and, for
 // "standard", row 0) holds fixed boundary values, every other cell is

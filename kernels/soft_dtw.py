@@ -3,7 +3,7 @@ ops tap_fast::soft_dtw_forward / soft_dtw_backward (csrc/, built as tap_fast._C)
 
 The ops are registered with the dispatcher (CPU and, when built, CUDA kernels); this
 module adds their autograd formula and fake kernels, so autograd, torch.compile and
-torch.library see real ops. Recursions: DESIGN.md, "soft_dtw"; reference:
+torch.library see real ops. Recursions: soft_dtw's docstring below; float64 reference:
 soft_dtw_reference.py.
 """
 import math
@@ -93,8 +93,11 @@ def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> tor
 
     variant "standard": R00 = 0, R_i0 = R_0j = +inf,
         R_ij = cost_ij + softmin_gamma(R_i-1,j-1, R_i-1,j, R_i,j-1), result R_NM.
-    variant "otam" (Cao et al. 2020): a zero column padded on both sides of M, row 0 a
-        cumulative sum, middle columns diagonal + horizontal steps only; see DESIGN.md.
+    variant "otam" (Cao et al. 2020): pad a zero column on both sides of the M axis (width
+        M+2); row 0 is a plain cumulative sum; for rows l >= 1, column 1 takes the softmin
+        of (l-1, 0), (l-1, 1), (l, 0); columns 2..M of (l-1, m-1), (l, m-1) (diagonal and
+        horizontal steps only); the last (padded) column of (l-1, M), (l-1, M+1), (l, M);
+        column 0 stays 0; result: the bottom-right cell.
     softmin_gamma(a...) = -gamma log sum exp(-a / gamma). Differentiable in cost (first
     order); float32 or float64; CPU, and CUDA when the extension was built with it.
     """

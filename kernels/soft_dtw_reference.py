@@ -2,7 +2,7 @@
 OTAM written the way the public few-shot repositories write it (for the benchmark).
 
 Everything here loops over cells in Python (vectorised over the batch only): slow,
-but each line is one line of the recursion in DESIGN.md ("soft_dtw"), and autograd
+but each line is one line of the recursion in soft_dtw.py's docstring, and autograd
 gives its gradient.
 """
 import torch

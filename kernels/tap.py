@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from .tap_checks import validate_tap_inputs
+from .tap_checks import require_tensors, validate_tap_inputs
 from .tap_prelude import prelude
 from .tap_torch import DEFAULT_BUDGET_BYTES, tap_p_torch, tap_pairs_torch
 
@@ -65,17 +65,27 @@ def resolve_backend(x: torch.Tensor, widths: Sequence[int], backend: str = "auto
     return backend
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta): no autocast there
+        return False
+
+
 def _common_dtype(x, y, weights, biases):
     """Under autocast run everything in the autocast dtype (the fused op takes one dtype)."""
     dev = x.device.type
-    if torch.is_autocast_enabled(dev):
+    if _autocast_on(dev):
         dt = torch.get_autocast_dtype(dev)
         return x.to(dt), y.to(dt), [w.to(dt) for w in weights], [b.to(dt) for b in biases], True
     return x, y, list(weights), list(biases), False
 
 
-def _prepare(x, y, weights, biases):
+def _prepare(x, y, weights, biases, budget_bytes):
     """Cast (under autocast) then validate; also returns the context the computation runs in."""
+    weights, biases = require_tensors(x, y, weights, biases)
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1:
+        raise ValueError(f"budget_bytes must be a positive int (bytes), got {budget_bytes!r}")
     # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes
     x, y, weights, biases, autocast = _common_dtype(x, y, weights, biases)
     widths = validate_tap_inputs(x, y, weights, biases)
@@ -101,7 +111,7 @@ def tap_scores(
 
     ``budget_bytes`` bounds the hidden activations per chunk of the torch backend.
     """
-    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases)
+    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases, budget_bytes)
     with precision:
         u, v, cos = prelude(x, y, weights, biases)
         if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
@@ -127,7 +137,7 @@ def tap_alignment(
     S is differentiable; P is computed without an autograd graph (memory-bounded, never storing the
     hidden activations).  Use tap_alignment_reference for a differentiable P on small inputs.
     """
-    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases)
+    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases, budget_bytes)
     with precision:
         u, v, cos = prelude(x, y, weights, biases)
         with torch.no_grad():

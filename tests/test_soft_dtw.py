@@ -46,7 +46,7 @@ def test_hand_checked_small_cases():
     # otam 1xM: row 0 is a plain cumulative sum of the row (pads are 0).
     c = torch.tensor([[[0.5, 1.25, 0.25]]], dtype=torch.float64)
     assert soft_dtw(c, g, "otam").item() == pytest.approx(2.0, abs=1e-12)
-    # otam 2x2, by hand from DESIGN.md (padded width 4, columns 0..3):
+    # otam 2x2, by hand from soft_dtw's docstring (padded width 4, columns 0..3):
     # row 0: [0, .1, .5, .5]; row 1: col1 = .3 + sm(0, .1, 0), col2 = .2 + sm(.1, col1),
     # col3 = 0 + sm(.5, .5, col2).
     d = [[0.1, 0.4], [0.3, 0.2]]

@@ -163,12 +163,21 @@ def _bad_cases():
     nan_x[0, 1, 2] = float("nan")
     inf_y = y.clone()
     inf_y[1, 0, 0] = float("inf")
+    nan_w = [w.clone() for w in ws]
+    nan_w[1][0, 0] = float("nan")
+    inf_b = [b.clone() for b in bs]
+    inf_b[0][1] = float("inf")
     return {
         "rank": ((x[0], y, ws, bs), ValueError, "rank"),
         "feature mismatch x/y": ((x, y[..., :5], ws, bs), ValueError, "feature size mismatch"),
         "feature mismatch weights": ((x[..., :5], y[..., :5], ws, bs), ValueError, r"weights\[0\]"),
         "nan x": ((nan_x, y, ws, bs), ValueError, "x contains NaN"),
         "inf y": ((x, inf_y, ws, bs), ValueError, "y contains NaN or inf"),
+        "nan weight": ((x, y, nan_w, bs), ValueError, r"^weights\[1\] contains NaN"),
+        "inf bias and nan x": ((nan_x, y, ws, inf_b), ValueError, r"^x and biases\[0\] contain NaN or inf"),
+        "numpy x": ((x.numpy(), y, ws, bs), TypeError, "x must be a torch.Tensor, got ndarray"),
+        "numpy weight": ((x, y, [ws[0].numpy()] + ws[1:], bs), TypeError, r"weights\[0\] must be a torch.Tensor"),
+        "tensor as weights": ((x, y, ws[0], bs), TypeError, "sequences"),
         "dtype": ((x, y.double(), ws, bs), TypeError, "same dtype"),
         "weight dtype": ((x, y, [ws[0].double()] + ws[1:], bs), TypeError, r"weights\[0\]"),
         "int input": ((x.long(), y.long(), ws, bs), TypeError, "floating-point"),
@@ -188,6 +197,19 @@ def test_bad_inputs_raise_clear_errors(case, fn):
     args, exc, msg = _bad_cases()[case]
     with pytest.raises(exc, match=msg):
         fn(*args)
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5, True, "64MiB"])
+@pytest.mark.parametrize("fn", [tap_scores, tap_alignment])
+def test_bad_budget_rejected(fn, budget):
+    with pytest.raises(ValueError, match="budget_bytes must be a positive int"):
+        fn(*_good(), budget_bytes=budget)
+
+
+def test_meta_tensors_give_shapes_only():
+    """Shape inference on the meta device (no values, so no finite check) and no autocast probe error."""
+    x, y, ws, bs = (t.to("meta") if isinstance(t, torch.Tensor) else [w.to("meta") for w in t] for t in _good())
+    assert tap_scores(x, y, ws, bs).shape == (2, 3)
 
 
 def test_tq_differs_from_ts_is_fine():
