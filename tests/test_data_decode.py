@@ -83,3 +83,23 @@ def test_frame_index_out_of_range(videos):
         decode_frames(videos[0], [-1])
     with pytest.raises(TypeError, match="ints"):
         decode_frames(videos[0], [0.5])
+
+
+def test_stream_without_codec_context(tmp_path, monkeypatch):
+    """A header cut short can leave PyAV a video stream with codec_context None: a named error."""
+    import av
+
+    class Container:
+        streams = type("Streams", (), {"video": [type("Stream", (), {"codec_context": None})()]})()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(b"\0" * 64)
+    monkeypatch.setattr(av, "open", lambda *a, **k: Container())
+    with pytest.raises(VideoDecodeError, match="cut.mp4: no codec parameters"):
+        decode_video(cut)

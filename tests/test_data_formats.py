@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tap_fast.data import formats
-from tap_fast.data.decode import FrameIndexError, VideoDecodeError
+from tap_fast.data.decode import FrameIndexError, VideoDecodeError, decode_video
 from tap_fast.data.formats import (
     BadVideoError, SplitListError, build_dataset_index, default_class_split, detect_format, parse_split_line,
     read_split_lists,
@@ -201,6 +201,188 @@ def test_bad_frame_folders_and_missing_listed_videos(tmp_path):
     assert "hollow: empty frame folder" in message
     assert "class_0/gone: listed in the train split list but not found" in message
     assert "img_00010.jpg is not a valid image" in message
+
+
+def write_h264(path: Path, frames: int = 16, size: int = 32) -> Path:
+    """A tiny H.264 .mp4 (libx264, 8 fps, yuv420p); PyAV writes its moov header at the end."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 10 * t, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def _codec_context_missing(path: Path) -> bool:
+    """Whether PyAV opens path with a video stream whose codec_context is None."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return bool(c.streams.video) and c.streams.video[0].codec_context is None
+    except Exception:
+        return False
+
+
+def test_probe_video_never_crashes_on_a_truncated_mp4(tmp_path):
+    """Cut an mp4 every 16 bytes: each cut is a problem by name (or still whole), never a crash.
+    Some cuts leave PyAV a video stream whose codec_context is None (the audit's AttributeError)."""
+    data = write_h264(tmp_path / "whole.mp4").read_bytes()
+    cut, none_codec = tmp_path / "cut.mp4", 0
+    for n in range(1, len(data), 16):
+        cut.write_bytes(data[:n])
+        none_codec += _codec_context_missing(cut)
+        frames, codec, problem = formats.probe_video(cut)  # must not raise
+        assert problem is not None or frames == 16, (n, frames, problem)
+        try:  # the decoder, too, raises only its named error
+            decode_video(cut)
+        except VideoDecodeError as e:
+            assert e.path == str(cut)
+    assert none_codec, "no cut gave a stream without codec_context; PyAV changed, pick other cuts"
+
+
+def test_truncated_mp4_without_codec_context_is_reported_and_skipped(tmp_path):
+    root = tmp_path / "d"
+    for c in range(3):
+        (root / f"class_{c}").mkdir(parents=True)
+        for v in range(2):
+            write_h264(root / f"class_{c}" / f"vid{v}.mp4")
+    data = (root / "class_0" / "vid0.mp4").read_bytes()
+    bad = root / "class_0" / "cut.mp4"
+    for n in range(len(data) // 2, len(data), 4):
+        bad.write_bytes(data[:n])
+        if _codec_context_missing(bad):
+            break
+    else:
+        pytest.fail("no cut gave a stream without codec_context; PyAV changed, pick other cuts")
+    with pytest.raises(BadVideoError, match=r"cut.mp4: unreadable \(no codec parameters"):
+        build_dataset_index(root)
+    index = build_dataset_index(root, policy="skip").index
+    assert len(index) == 6 and bad not in {r.path for r in index}
+
+
+class _FakeContainer:
+    """What av.open returns, with the stream attributes a corrupt file may leave None."""
+
+    def __init__(self, stream):
+        self.streams, self.duration = type("Streams", (), {"video": [stream]})(), None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def demux(self, stream):
+        raise RuntimeError("odd demuxer state")
+
+
+@pytest.mark.parametrize("stream, reason", [
+    (type("Stream", (), {"codec_context": None})(), "unreadable (no codec parameters"),
+    (type("Stream", (), {"codec_context": type("Ctx", (), {"name": "h264"})()})(),
+     "unreadable (RuntimeError: odd demuxer state)"),
+])
+def test_probe_video_turns_odd_pyav_state_into_a_problem(tmp_path, monkeypatch, stream, reason):
+    import av
+
+    video = tmp_path / "odd.mp4"
+    video.write_bytes(b"\0" * 64)
+    monkeypatch.setattr(av, "open", lambda *a, **k: _FakeContainer(stream))
+    frames, codec, problem = formats.probe_video(video)
+    assert frames == 0 and problem.startswith(reason)
+
+
+def test_every_frame_of_a_frame_folder_is_checked(tmp_path):
+    root = make_root(tmp_path / "d", "frames", classes=3, videos=2)
+    middle = root / "class_1" / "vid1" / "img_00005.jpg"
+    middle.write_bytes(middle.read_bytes()[:-200])  # cut short: no end-of-image marker
+    with pytest.raises(BadVideoError) as err:
+        build_dataset_index(root)
+    assert len(err.value.problems) == 1
+    folder, reason = err.value.problems[0]
+    assert folder == str(root / "class_1" / "vid1")
+    assert reason == (f"frame {middle} is not a valid image: truncated (no JPEG end-of-image marker FF D9 "
+                      "in its last 32 bytes)")
+    index = build_dataset_index(root, policy="skip").index
+    assert len(index) == 5 and root / "class_1" / "vid1" not in {r.path for r in index}
+
+
+def test_check_image_file(tmp_path):
+    from PIL import Image
+
+    image = Image.fromarray(clip(0, 0, frames=1)[0])
+    for ext in ("jpg", "png"):
+        good = tmp_path / f"good.{ext}"
+        image.save(good)
+        assert formats.check_image_file(good) is None
+        padded = tmp_path / f"padded.{ext}"
+        padded.write_bytes(good.read_bytes() + b"\0" * 16)  # a little padding after the end: fine
+        assert formats.check_image_file(padded) is None
+        cut = tmp_path / f"cut.{ext}"
+        cut.write_bytes(good.read_bytes()[:-20])
+        assert formats.check_image_file(cut).startswith("truncated (no ")
+        empty = tmp_path / f"empty.{ext}"
+        empty.write_bytes(b"")
+        assert formats.check_image_file(empty) == "empty file (0 bytes)"
+    (tmp_path / "fake.png").write_bytes((tmp_path / "good.jpg").read_bytes())
+    assert formats.check_image_file(tmp_path / "fake.png").startswith("not a PNG file")
+
+
+def test_class_in_two_split_lists_is_an_error(tmp_path):
+    (tmp_path / "trainlist01.txt").write_text("class_0/vid0\nclass_1/vid0\n")
+    (tmp_path / "vallist01.txt").write_text("class_2\nclass_1\n")
+    (tmp_path / "testlist01.txt").write_text("class_3\n")
+    with pytest.raises(SplitListError) as err:
+        read_split_lists(tmp_path)
+    message = str(err.value)
+    assert "class 'class_1'" in message
+    assert f"{tmp_path / 'trainlist01.txt'}:2" in message and f"{tmp_path / 'vallist01.txt'}:2" in message
+    (tmp_path / "vallist01.txt").write_text("class_2\n")  # the same class twice in one list is fine
+    (tmp_path / "trainlist01.txt").write_text("class_0/vid0\nclass_0/vid1\nclass_0\n")
+    assert read_split_lists(tmp_path)["train"] == [("class_0", "vid0"), ("class_0", "vid1"), ("class_0", None)]
+
+
+def test_wrong_dataset_format_names_the_layout(tmp_path):
+    videos = make_root(tmp_path / "videos", "video", classes=3, videos=1)
+    frames = make_root(tmp_path / "frames", "frames", classes=3, videos=1, frames=2)
+    with pytest.raises(ValueError) as err:
+        build_dataset_index(videos, fmt="frame-folders")
+    assert str(err.value) == (f"no <class>/<video>/ frame folders under {videos} "
+                              "(it holds video files: use --dataset-format video-folders or auto)")
+    with pytest.raises(ValueError) as err:
+        build_dataset_index(frames, fmt="video-folders")
+    assert str(err.value) == (f"no <class>/<video>.<ext> video files under {frames} "
+                              "(it holds frame folders: use --dataset-format frame-folders or auto)")
+
+
+def test_index_cache_is_readable_by_the_others_sharing_the_dataset(tmp_path):
+    root = make_root(tmp_path / "d", "frames", classes=3, videos=1, frames=2)
+    old = os.umask(0o022)
+    try:
+        report = build_dataset_index(root)
+    finally:
+        os.umask(old)
+    assert report.cache_file.stat().st_mode & 0o777 == 0o644  # written by atomic_write, not mkstemp's 0600
+
+
+def test_synthetic_set_rejects_more_frames_than_its_clips_have(tmp_path):
+    from types import SimpleNamespace
+
+    from tap_fast.data.build import load_index
+
+    config = SimpleNamespace(dataset_format="synthetic", data_root=str(tmp_path), synthetic_videos_per_class=2,
+                             synthetic_frames=8, synthetic_size=16, synthetic_families=["triangle_horizontal"],
+                             frames=8)
+    assert all(r.num_frames == 8 for r in load_index(config, progress=False))
+    config.frames = 9
+    with pytest.raises(BadVideoError, match=r"too short \(8 frames, need >= 9\)") as err:
+        load_index(config, progress=False)
+    assert "--set synthetic_frames=9" in str(err.value)
 
 
 # ---- the CPU frame-folder decoder ----------------------------------------------------------------

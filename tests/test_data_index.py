@@ -72,3 +72,14 @@ def test_load_errors(tmp_path):
     p.write_text('{"path": "x", "split": "train", "num_frames": 3}\n')
     with pytest.raises(IndexFormatError, match="class_name"):
         DatasetIndex.load(p)
+
+
+def test_saved_index_is_readable_by_the_others_sharing_the_dataset(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = DatasetIndex(_records(tmp_path)).save(tmp_path / "index.jsonl")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # written by atomic_write, not mkstemp's 0600

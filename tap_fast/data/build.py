@@ -28,7 +28,9 @@ def load_index(config, progress: bool = True) -> DatasetIndex:
         sizes = {k: getattr(config, f"synthetic_{k}") for k in ("videos_per_class", "frames", "size", "families")
                  if hasattr(config, f"synthetic_{k}")}  # config.synthetic_*: tiny sets for tests
         root = ensure_synthetic_dataset(root=config.data_root, seed=0, progress=progress, **sizes)
-        return DatasetIndex.load(Path(root) / "index.jsonl" if Path(root).is_dir() else root)
+        index = DatasetIndex.load(Path(root) / "index.jsonl" if Path(root).is_dir() else root)
+        _check_synthetic_length(index, config.frames)
+        return index
     from .formats import FORMATS, build_dataset_index, check_class_counts
 
     if config.dataset_format not in FORMATS + ("auto",):
@@ -47,6 +49,19 @@ def load_index(config, progress: bool = True) -> DatasetIndex:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     return report.index
+
+
+def _check_synthetic_length(index: DatasetIndex, frames: int) -> None:
+    """BadVideoError when T = frames exceeds the synthetic clips' length, as a real dataset's index
+    rejects videos shorter than T (TSN sampling would otherwise silently repeat frames)."""
+    from .formats import BadVideoError
+
+    short = [(str(r.path), f"too short ({r.num_frames} frames, need >= {frames})") for r in index
+             if r.num_frames < frames]
+    if short:
+        have = min(r.num_frames for r in index)
+        raise BadVideoError(short, hint=f"\nthe synthetic clips have {have} frames: ask for --frames <= {have}, "
+                                        f"or generate longer clips with --set synthetic_frames={frames}")
 
 
 def episode_dataset(config, index: DatasetIndex, split: str, shot: int, train: bool, seed: int,

@@ -85,6 +85,8 @@ def decode_video(path: str | os.PathLike) -> np.ndarray:
             if not container.streams.video:
                 raise VideoDecodeError(path, "no video stream")
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # PyAV's answer for codec parameters cut off (truncated header)
+                raise VideoDecodeError(path, "no codec parameters for the video stream (truncated or corrupt header)")
             stream.thread_type = "NONE"  # tiny clips: threads cost more than they save
             frames = [_to_rgb(f) for f in container.decode(stream)]
     except VideoDecodeError:

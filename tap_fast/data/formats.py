@@ -16,12 +16,14 @@ with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``te
   ``class/video`` or a bare video id, whose class is then ``label``),
 * ``class`` alone (a list of class names; every video of the class is in that split).
 
+A class may appear in one split's list only (few-shot splits are disjoint by class).
 Without split lists the classes are split 64/12/24 (the CMN / OTAM proportion) by a fixed seed.
 
 Probing a file (frame count, decodability) is the slow part, so the results are cached per file
 (keyed by size and mtime) in ``root/.tap_fast_index.json``, written atomically; a read-only root
 falls back to ``cache_dir``. Problems (missing, unreadable, empty, truncated, too short) are
-reported by name; ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
+reported by name (for frame folders: the first bad frame, every frame's first and last bytes
+checked); ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tap_fast.atomic_write import write_text_atomic
 
 from .index import SPLITS, DatasetIndex, VideoRecord
 
@@ -42,7 +45,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".m
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 POLICIES = ("fail", "skip")
 CACHE_NAME = ".tap_fast_index.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every frame of a frame folder is checked (1 checked the first and last)
 CLASS_SPLIT = (64, 12, 24)  # train / val / test classes of Kinetics-100 and SSv2 few-shot splits
 
 # Class counts the public splits have, checked (as a warning) when a preset names its dataset.
@@ -121,7 +124,20 @@ def scan_layout(root: str | os.PathLike, fmt: str) -> list[Item]:
                 items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
             elif fmt == "frame-folders" and entry.is_dir():
                 items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
+    if not items:
+        raise ValueError(_no_items_message(root, fmt))
     return items
+
+
+def _no_items_message(root: Path, fmt: str) -> str:
+    """Why scan_layout found nothing: most often the other layout was asked for."""
+    want = "<class>/<video>/ frame folders" if fmt == "frame-folders" else "<class>/<video>.<ext> video files"
+    try:
+        other = detect_format(root)
+    except ValueError as e:
+        return str(e)
+    holds = "video files" if other == "video-folders" else "frame folders"
+    return f"no {want} under {root} (it holds {holds}: use --dataset-format {other} or auto)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,8 +182,13 @@ def parse_split_line(line: str) -> tuple[str, str | None]:
 
 
 def read_split_lists(split_dir: str | os.PathLike) -> dict[str, list[tuple[str, str | None]]]:
-    """{split: [(class, video-or-None), ...]} from the split lists in split_dir."""
+    """{split: [(class, video-or-None), ...]} from the split lists in split_dir.
+
+    SplitListError when a class is listed in two splits' lists: few-shot splits are disjoint by
+    class, and silently keeping the first would move the class out of the split the other list meant.
+    """
     out = {}
+    first_seen: dict[str, tuple[Path, int]] = {}  # class -> (list file, line) that first named it
     for split, path in find_split_files(split_dir).items():
         entries = []
         for lineno, raw in enumerate(path.read_text().splitlines(), 1):
@@ -176,6 +197,10 @@ def read_split_lists(split_dir: str | os.PathLike) -> dict[str, list[tuple[str, 
             cls, video = parse_split_line(raw)
             if not cls:
                 raise SplitListError(f"{path}:{lineno}: empty class name in {raw!r}")
+            other, other_line = first_seen.setdefault(cls, (path, lineno))
+            if other != path:
+                raise SplitListError(f"class {cls!r} is listed in two split lists, {other}:{other_line} and "
+                                     f"{path}:{lineno}; few-shot splits must be disjoint by class")
             entries.append((cls, video))
         if not entries:
             raise SplitListError(f"{path}: the {split} list is empty")
@@ -238,17 +263,23 @@ def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
 # ---------------------------------------------------------------------------------------------
 def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
     """(frames, codec, problem) of a video file: counts packets (no full decode) and decodes the
-    first frame; a header that declares more frames than are present means a truncated file."""
+    first frame; a header that declares more frames than are present means a truncated file.
+
+    Never raises for a bad file: whatever PyAV does with a corrupt one (FFmpeg errors, or None /
+    odd attributes, e.g. no codec_context for a header cut short) becomes the problem string.
+    """
     import av
 
     path = Path(path)
-    if path.stat().st_size == 0:
-        return 0, None, "empty file (0 bytes)"
     try:
+        if path.stat().st_size == 0:
+            return 0, None, "empty file (0 bytes)"
         with av.open(str(path)) as container:
             if not container.streams.video:
                 return 0, None, "no video stream"
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # the stream's codec parameters are missing (truncated header)
+                return 0, None, "unreadable (no codec parameters for the video stream: truncated or corrupt header)"
             codec = stream.codec_context.name
             frames = sum(1 for packet in container.demux(stream) if packet.size)
             declared = stream.frames
@@ -260,7 +291,7 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
             next(container.decode(video=0))
     except StopIteration:
         return 0, None, "no frame could be decoded"
-    except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
+    except Exception as e:  # a corrupt file must be reported by name, whatever PyAV raised for it
         return 0, None, f"unreadable ({type(e).__name__}: {e})"
     if declared and frames < declared - max(1, declared // 20):
         return frames, codec, f"truncated (header declares ~{declared} frames, {frames} present)"
@@ -272,23 +303,49 @@ def frame_files(folder: str | os.PathLike) -> list[str]:
     return sorted(n for n in os.listdir(folder) if _is_frame(n))
 
 
-_IMAGE_MAGIC = {".jpg": b"\xff\xd8", ".jpeg": b"\xff\xd8", ".png": b"\x89P"}
+# (type, first bytes, end marker, its name) per image type. A file cut short loses its end marker:
+# JPEG's end-of-image FF D9, PNG's IEND chunk (type + CRC); a little padding may follow the end.
+_JPEG = ("JPEG", b"\xff\xd8\xff", b"\xff\xd9", "end-of-image marker FF D9")
+_PNG = ("PNG", b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82", "IEND chunk")
+_IMAGE_MARKERS = {".jpg": _JPEG, ".jpeg": _JPEG, ".png": _PNG}
+_TAIL_BYTES = 32  # how far before the end of a file its end marker may lie
+
+
+def check_image_file(path: str | os.PathLike) -> str | None:
+    """Why an image file is unusable (empty, wrong start, truncated), or None; reads only its
+    first and last few bytes, so it is cheap enough to run on every frame of a dataset."""
+    kind, start, end, end_name = _IMAGE_MARKERS[os.path.splitext(path)[1].lower()]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(start))
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _TAIL_BYTES))
+            tail = f.read()
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if head != start:
+        return f"not a {kind} file (no {kind} signature at its start: corrupt or mislabelled)"
+    if end not in tail:
+        return f"truncated (no {kind} {end_name} in its last {_TAIL_BYTES} bytes)"
+    return None
 
 
 def probe_frame_folder(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
-    """(frames, "jpeg", problem) of a frame folder; checks the first and last image's header."""
+    """(frames, "jpeg", problem) of a frame folder; every frame's start and end bytes are checked
+    (not decoded), so a truncated frame is found here, not mid-training. Names the first bad one."""
     try:
         names = frame_files(path)
     except OSError as e:
         return 0, None, f"unreadable folder ({e})"
     if not names:
         return 0, None, "empty frame folder (no .jpg/.png)"
-    for name in {names[0], names[-1]}:
+    for name in names:
         p = Path(path) / name
-        with open(p, "rb") as f:
-            head = f.read(2)
-        if head != _IMAGE_MAGIC[p.suffix.lower()]:
-            return 0, None, f"frame {name} is not a valid image (empty or corrupt)"
+        problem = check_image_file(p)
+        if problem is not None:
+            return 0, None, f"frame {p} is not a valid image: {problem}"
     return len(names), "jpeg", None
 
 
@@ -323,15 +380,8 @@ def _load_cache(path: Path, fmt: str) -> dict:
 
 def _save_cache(path: Path, fmt: str, entries: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": CACHE_VERSION, "format": fmt, "entries": entries}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # atomic, fsynced, and readable by the others sharing the dataset folder (umask permitting)
+    write_text_atomic(path, json.dumps({"version": CACHE_VERSION, "format": fmt, "entries": entries}))
 
 
 def _signature(path: Path) -> list[int]:

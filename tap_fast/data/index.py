@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from tap_fast.atomic_write import write_text_atomic
 
 SPLITS = ("train", "val", "test")
 
@@ -122,16 +123,7 @@ class DatasetIndex:
                 p_str = str(p)
             lines.append(json.dumps({"path": p_str, "class_name": r.class_name, "split": r.split,
                                      "num_frames": r.num_frames}))
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=root)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write("\n".join(lines) + ("\n" if lines else ""))
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; an index is meant to be shared
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
         return path
 
     @classmethod

@@ -39,7 +39,7 @@ def probe_codecs(index: DatasetIndex, per_split: int = 3) -> set[str]:
             try:
                 with av.open(str(r.path)) as c:
                     codecs.add(c.streams.video[0].codec_context.name)
-            except (av.error.FFmpegError, OSError, IndexError):
+            except (av.error.FFmpegError, OSError, IndexError, AttributeError):  # AttributeError: no codec_context
                 codecs.add("unreadable")
     return codecs
 
@@ -58,7 +58,7 @@ def decoded_bytes(index: DatasetIndex) -> int | None:
         with av.open(str(first.path)) as c:
             s = c.streams.video[0]
             h, w = s.codec_context.height, s.codec_context.width
-    except (av.error.FFmpegError, OSError, IndexError):
+    except (av.error.FFmpegError, OSError, IndexError, AttributeError):  # AttributeError: no codec_context
         return None
     return sum(r.num_frames for r in index) * h * w * 3
 

@@ -18,7 +18,7 @@ motion and share the same nuisance distribution, so one frame, or the mean of al
 the family but hardly the class: only the order does. Families are assigned whole to a split:
 train 8 families x 8 orders = 64 classes, val 1 x 8 + 1 x 4 (the first four orders) = 12,
 test 3 x 8 = 24. In a 5-way test episode a query's same-looking rivals are then present in most
-episodes (see DESIGN.md, "The embedded benchmark").
+episodes (see README.md, "The embedded synthetic benchmark").
 
 Per-video nuisance (independent of the class): motion duration 80-100% of the clip (the double
 orders must stay readable from T = 8 sampled frames; the same range for every order, so the
