@@ -1,27 +1,17 @@
-"""Checkpoints written atomically: a crash mid-write never leaves a half-written file behind."""
+"""Checkpoints (written atomically: a crash mid-write never leaves a half-written file) and RNG states."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from tap_fast.atomic_write import write_atomic
+
 
 def save_atomic(obj, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save(obj) to path, atomically."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -89,6 +89,53 @@ class TrainConfig:
         return cls(**values)
 
 
+# the enumerated fields and their values (the rest are checked by type only)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset_format": ("synthetic", "auto", "video-folders", "frame-folders"),
+    "decoder": ("auto", "dali-gpu", "dali-cpu", "pyav", "pil"),
+    "bad_video_policy": ("fail", "skip"),
+    "backbone": ("small", "resnet50"),
+    "head": HEADS,
+    "optimizer": ("adamw", "sgd"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # strings (postponed annotations)
+
+
+def check_value(name: str, value):
+    """value as field `name` holds it (a JSON list -> tuple, an int -> float for float fields), or a
+    ValueError saying what the field takes. bool is not an int here: `frames=true` is a mistake."""
+    kind = _FIELD_TYPES[name]
+    if value is None and kind.endswith("| None"):
+        return None
+    kind = kind.removesuffix(" | None")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} takes true or false, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} takes an integer, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} takes a number, got {value!r}")
+        value = float(value)
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{name} takes a string, got {value!r}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ValueError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    elif kind == "tuple[int, ...]":  # layer widths, shot counts: a zero or negative one is always a mistake
+        if (not isinstance(value, (list, tuple)) or not value
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+            raise ValueError(f"{name} takes a non-empty list of positive integers (e.g. [32,16]), got {value!r}")
+        value = tuple(value)
+    elif kind == "tuple[str, ...]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name} takes a list of strings, got {value!r}")
+        value = tuple(value)
+    return value
+
+
 def _paper(**overrides) -> TrainConfig:
     """The TAP paper's settings (Section 5.2) for a real dataset."""
     base = dict(

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from tap_fast.atomic_write import write_text_atomic
 from tap_fast.checkpoint import load_checkpoint
 from tap_fast.config import TrainConfig
 from tap_fast.data.build import episode_dataset, load_index
+from tap_fast.data.decode import VideoDecodeError
 from tap_fast.models import build_model
 from tap_fast.stats import AccuracySummary, summarize_accuracies
 
@@ -23,9 +27,43 @@ VAL_SEED_OFFSET, TEST_SEED_OFFSET = 1_000_003, 2_000_003
 
 
 def pick_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N as a torch.device; a ValueError when it is no device or not here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available (torch.cuda.is_available() is False); "
+                             f"use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_episodes_fit(config: TrainConfig, index, split: str, shots, hint: str = "") -> None:
+    """A ValueError now when the split cannot make config.way-way episodes for every shot in shots
+    (too few classes, or a class with fewer than shot + query videos): cheap, no decoding."""
+    from tap_fast.data.sampling import EpisodeSampler
+
+    for shot in shots:
+        try:
+            EpisodeSampler(index, split, way=config.way, shot=shot, query=config.query)
+        except ValueError as error:
+            raise ValueError(f"{config.way}-way {shot}-shot episodes with {config.query} query video(s) per class "
+                             f"do not fit the {split} split: {error}" + (f" ({hint})" if hint else "")) from None
+
+
+def as_decode_error(error: BaseException) -> VideoDecodeError | None:
+    """The VideoDecodeError behind error, if any. A DataLoader worker's one arrives as a RuntimeError
+    ("Caught VideoDecodeError in DataLoader worker process 0 ...") holding the original's text."""
+    if "Caught VideoDecodeError" in str(error):
+        found = re.findall(r"VideoDecodeError: cannot decode video (.+?): (.*)", str(error))
+        if found:
+            return VideoDecodeError(*found[-1])
+    return error if isinstance(error, VideoDecodeError) else None
 
 
 class VideoFeatureCache:
@@ -103,7 +141,7 @@ def format_report(results: dict[str, AccuracySummary], head: str) -> str:
 def model_from_checkpoint(path, device):
     checkpoint = load_checkpoint(path)
     config = TrainConfig.from_dict(checkpoint["config"])
-    model = build_model(config)
+    model = build_model(config.replace(backbone_weights=None))  # the checkpoint holds every weight
     model.load_state_dict(checkpoint["model"])
     return model.to(device), config
 
@@ -113,29 +151,60 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by tap_fast.train")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--shots", type=int, nargs="+", help="K values to test (default: the run's test_shots)")
-    parser.add_argument("--episodes", type=int, help="episodes per setting (default: the run's test_episodes)")
+    parser.add_argument("--shots", type=_positive_int, nargs="+",
+                        help="K values to test (default: the run's test_shots)")
+    parser.add_argument("--episodes", type=_positive_int,
+                        help="episodes per setting (default: the run's test_episodes)")
     parser.add_argument("--data-root", help="override the dataset location stored in the checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = parser.parse_args(argv)
 
-    device = pick_device(args.device)
     try:
+        device = pick_device(args.device)
+        if args.json:  # a bad path fails now, not after the whole meta-test
+            folder = Path(args.json).parent
+            if not folder.is_dir():
+                raise ValueError(f"--json {args.json}: the directory {folder} does not exist")
+            if not os.access(folder, os.W_OK):
+                raise ValueError(f"--json {args.json}: the directory {folder} is not writable")
+            if Path(args.json).is_dir():
+                raise ValueError(f"--json {args.json} is a directory; name a file in it")
         model, config = model_from_checkpoint(args.checkpoint, device)
         if args.data_root:
-            config = config.replace(data_root=args.data_root)
+            # the checkpoint's data must already be there: for a synthetic set a mistyped path
+            # would otherwise quietly generate a whole new dataset in it
+            if not Path(args.data_root).is_dir():
+                raise ValueError(f"--data-root {args.data_root} is not a directory")
+            config = config.replace(data_root=os.path.abspath(args.data_root))
         index = load_index(config, progress=not args.no_progress)
+        check_episodes_fit(config, index, args.split, args.shots or config.test_shots)
         results = test_report(model, config, index, device, args.split, args.shots, args.episodes,
                               progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        decode_error = as_decode_error(error)
+        if decode_error is None:
+            raise
+        print(f"error: {decode_error}; replace or remove the video", file=sys.stderr)
+        return 1
     print(format_report(results, config.head))
     if args.json:
-        Path(args.json).write_text(json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
+        write_text_atomic(args.json, json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

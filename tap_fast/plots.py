@@ -1,6 +1,7 @@
 """PNG figures: training curves and the paper's Figure 2 (alignment P and cosine S of a pair)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,14 +10,48 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from tap_fast.atomic_write import write_atomic  # noqa: E402
 from tap_fast.evaluate import TEST_SEED_OFFSET  # noqa: E402
 
 
-def plot_training_curves(history: list[dict], path: Path) -> Path:
+def _save(fig, path: Path) -> Path:
+    """The figure as a PNG, written atomically (as every file of a run)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return write_atomic(path, lambda f: f.write(buffer.getvalue()))
+
+
+def training_loss_curve(records: list[dict]) -> tuple[list[int], list[float], list[float]]:
+    """(episodes, loss, smoothed loss) from log.jsonl's "train" records. The smoothing is a debiased
+    exponential average over about 1/20 of the records (none for 20 or fewer): one record is the
+    mean loss of --log-every steps, still noisy for few-shot episodes."""
+    episodes = [r["episode"] for r in records]
+    losses = [r["loss"] for r in records]
+    decay = 1 - min(1.0, 20 / len(records)) if records else 0.0
+    smoothed, average = [], 0.0
+    for n, loss in enumerate(losses, 1):
+        average = decay * average + (1 - decay) * loss
+        smoothed.append(average / (1 - decay ** n))
+    return episodes, losses, smoothed
+
+
+def plot_training_curves(history: list[dict], path: Path, train_records: list[dict] | None = None) -> Path:
+    """Training loss (from the log's train records when given, else at the validation points) and
+    meta-validation accuracy with its 95% CI."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     episodes = [h["episode"] for h in history]
-    loss_ax.plot(episodes, [h["train_loss"] for h in history], marker="o")
-    loss_ax.set(xlabel="training episode", ylabel="training loss (smoothed)", title="loss")
+    if train_records:
+        steps, losses, smoothed = training_loss_curve(train_records)
+        if smoothed == losses:  # too few records to smooth
+            loss_ax.plot(steps, losses)
+        else:
+            loss_ax.plot(steps, losses, alpha=0.35, linewidth=0.8, label="mean over --log-every steps")
+            loss_ax.plot(steps, smoothed, label="smoothed")
+            loss_ax.legend(fontsize=8)
+    else:  # no log (e.g. a caller without one): the smoothed loss at each validation
+        loss_ax.plot(episodes, [h["train_loss"] for h in history], marker="o")
+    loss_ax.set(xlabel="training episode", ylabel="training loss", title="loss")
     acc = [h["val_accuracy"] for h in history]
     ci = [h["val_ci95"] for h in history]
     acc_ax.errorbar(episodes, acc, yerr=ci, marker="o", capsize=3)
@@ -24,9 +59,7 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 @torch.no_grad()
@@ -64,6 +97,4 @@ def plot_alignment_example(model, config, index, device, path: Path, split: str 
             fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(f"{config.head} head: a test query of class {batch['class_names'][label]}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

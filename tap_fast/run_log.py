@@ -11,6 +11,8 @@ import math
 import sys
 from pathlib import Path
 
+from tap_fast.atomic_write import write_text_atomic
+
 
 class RunLog:
     def __init__(self, out_dir: str | Path, enabled: bool = True, resume_episode: int | None = None):
@@ -28,7 +30,7 @@ class RunLog:
                         kept.append(line)
                 except (ValueError, KeyError, TypeError):
                     break  # a line torn by the crash: nothing after it is trustworthy
-        self.path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))  # a crash keeps the old log
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed: the JSON log still has everything

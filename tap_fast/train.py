@@ -5,9 +5,10 @@
     python -m tap_fast.train --preset ssv2-small --data-root /data/ssv2 --backbone-weights resnet50.pth
     torchrun --nproc_per_node=4 -m tap_fast.train --preset ssv2-small ...   # DDP, one process per GPU
     python -m tap_fast.train --resume              # continue from <out-dir>/last.pt exactly
+    python -m tap_fast.train --overwrite           # start again in an <out-dir> that holds a previous run
 
-Reads top to bottom: config -> processes -> data -> model -> optimizer (resume) -> loop (validate,
-checkpoint, log) -> test.
+Reads top to bottom: config -> processes -> checks (out-dir, resume) -> model -> optimizer -> data
+(every split checked) -> resume -> loop (validate, checkpoint, log) -> test.
 
 Scale-out: with W processes and --episodes-per-step E, optimizer step s consumes the episode ids
 [s*E*W, (s+1)*E*W); rank r forwards the ids congruent to r mod W, one episode per forward, and
@@ -21,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -32,10 +34,13 @@ import torch
 from tqdm.auto import tqdm
 
 from tap_fast import distributed
+from tap_fast.atomic_write import write_text_atomic
 from tap_fast.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_atomic
-from tap_fast.config import HEADS, PRESETS, TrainConfig, preset
+from tap_fast.config import CHOICES, HEADS, PRESETS, TrainConfig, check_value, preset
 from tap_fast.data.build import episode_dataset, episode_loader, load_index
-from tap_fast.evaluate import VAL_SEED_OFFSET, format_report, meta_test, test_report
+from tap_fast.data.decode import VideoDecodeError
+from tap_fast.evaluate import (VAL_SEED_OFFSET, as_decode_error, check_episodes_fit, format_report, meta_test,
+                               pick_device, test_report)
 from tap_fast.interrupt import StopOnSignal
 from tap_fast.models import build_model, episode_loss, parameter_groups_to_clip
 from tap_fast.precision import PRECISIONS, autocast, grad_scaler, resolve_precision
@@ -50,6 +55,7 @@ class RunOptions:
     resume: str | None = None  # a last.pt to continue from; "auto": <out_dir>/last.pt
     stop_after: int | None = None  # debug: stop as a SIGTERM would once this many episodes are done
     profile: bool = False  # print where step time goes at the end
+    overwrite: bool = False  # clear a previous run's files in out_dir first (else such a dir is refused)
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
@@ -67,12 +73,14 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--data-root", help="dataset directory (synthetic: where to cache it)")
     parser.add_argument("--split-dir", help="directory holding train/val/test split lists")
-    parser.add_argument("--dataset-format", help="synthetic | auto | video-folders | frame-folders")
-    parser.add_argument("--decoder", choices=("auto", "dali-gpu", "dali-cpu", "pyav", "pil"),
+    parser.add_argument("--dataset-format", choices=CHOICES["dataset_format"],
+                        help="the layout on disk (default: the preset's)")
+    parser.add_argument("--decoder", choices=CHOICES["decoder"],
                         help="video/frame decoder (default auto: DALI on a GPU, else by codec; logged)")
-    parser.add_argument("--bad-video-policy", choices=("fail", "skip"),
+    parser.add_argument("--bad-video-policy", choices=CHOICES["bad_video_policy"],
                         help="unreadable/empty/truncated/too-short videos: stop with their names, or skip them")
-    parser.add_argument("--backbone", help="small | resnet50")
+    parser.add_argument("--backbone", choices=CHOICES["backbone"],
+                        help="per-frame feature extractor (default: the preset's)")
     parser.add_argument("--resize", type=int, help="short side in pixels before cropping")
     parser.add_argument("--crop", type=int, help="square crop size in pixels")
     parser.add_argument("--backbone-weights", help="local ImageNet weights file for resnet50")
@@ -92,6 +100,9 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
                         help="any TrainConfig field, VALUE as JSON (e.g. --set mlp_hidden=[32,16]); repeatable")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                         help="continue from a last.pt (default <out-dir>/last.pt) with the same settings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--out-dir holds a previous run: delete its files (checkpoints, results, logs, "
+                             "plots, tensorboard/) and start again")
     parser.add_argument("--stop-after", type=int, metavar="EPISODES",
                         help="debug: stop as on SIGTERM (checkpoint, exit) after this many episodes")
     parser.add_argument("--profile", action="store_true", help="print where step time goes")
@@ -100,7 +111,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
     args = parser.parse_args(argv)
 
     config = preset(args.preset)
-    run_flags = ("preset", "no_progress", "set", "resume", "stop_after", "profile", "no_plots")
+    run_flags = ("preset", "no_progress", "set", "resume", "stop_after", "profile", "no_plots", "overwrite")
     overrides = {key: value for key, value in vars(args).items() if key not in run_flags and value is not None}
     for key in ("test_shots",):
         if key in overrides:
@@ -111,8 +122,12 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
         overrides["plots"] = False
     overrides.update(_parse_set(args.set))
     config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    # input locations absolute: the checkpoint then works from any directory (evaluate, --resume)
+    paths = {key: os.path.abspath(os.path.expanduser(getattr(config, key)))
+             for key in ("data_root", "split_dir") if getattr(config, key)}
+    config = config.replace(**paths)
     return config, RunOptions(progress=not args.no_progress, resume=args.resume, stop_after=args.stop_after,
-                              profile=args.profile)
+                              profile=args.profile, overwrite=args.overwrite)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -124,19 +139,52 @@ def _parse_set(items: list[str]) -> dict:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a config field "
                              f"({', '.join(sorted(known))})")
         try:
-            values[key] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            values[key] = raw  # a bare string
+            value = raw  # a bare string
+        try:
+            values[key] = check_value(key, value)
+        except ValueError as error:
+            try:  # a string field given text that reads as JSON (out_dir=2024): the text as typed
+                values[key] = check_value(key, raw)
+            except ValueError:
+                raise ValueError(f"--set {item}: {error}") from None
     return values
 
 
 def validate_config(config: TrainConfig) -> None:
+    """Cheap checks of the settings alone, before any data or model work."""
+    shots = config.test_shots
+    if isinstance(shots, tuple) and any(isinstance(shot, int) and shot < 1 for shot in shots):
+        raise ValueError(f"--test-shots must each be >= 1, got {' '.join(map(str, shots))}")
+    for field in dataclasses.fields(TrainConfig):
+        check_value(field.name, getattr(config, field.name))  # types, choices (--set, train(config) callers)
     for name in ("way", "shot", "query", "frames", "episodes", "episodes_per_step", "val_every", "val_episodes",
                  "test_episodes", "checkpoint_every", "log_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if config.way < 2:
         raise ValueError(f"--way must be >= 2 for a classification episode, got {config.way}")
+    pick_device(config.device)  # --device cuda without a GPU: say so now, not in a traceback
+
+
+# what a run writes in out_dir (--overwrite deletes exactly these, and tensorboard/)
+RUN_FILES = ("best.pt", "last.pt", "results.json", "report.md", "training.png", "alignment.png", "log.jsonl")
+
+
+def previous_run(out_dir: Path) -> list[str]:
+    """The files that show out_dir holds a run that a new one would overwrite."""
+    return [name for name in ("last.pt", "best.pt", "results.json") if (out_dir / name).exists()]
+
+
+def clear_previous_run(out_dir: Path) -> None:
+    import shutil
+
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+        for tmp in out_dir.glob(f".{name}.*.tmp"):  # left by a write that was killed mid-way
+            tmp.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
 
 
 def build_optimizer(model, config: TrainConfig, global_batch: int):
@@ -205,14 +253,33 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
         print(f"tap_fast: training {total_steps * global_batch} episodes, the multiple of the "
               f"{global_batch} episodes per step below --episodes {config.episodes}", file=sys.stderr)
 
-    # ---- data (rank 0 first: it may generate the synthetic set or scan and cache a real one) ---
-    if not main:
-        distributed.barrier(ctx)
-    index = load_index(config, progress=progress)
-    if main:
-        distributed.barrier(ctx)
+    # ---- out_dir: a previous run's checkpoints and results are never replaced unasked ------------
+    if options.overwrite and options.resume:
+        raise ValueError("--overwrite and --resume exclude each other: --resume continues the run in --out-dir, "
+                         "--overwrite deletes it")
+    previous = distributed.broadcast_object(previous_run(out_dir) if main else None, ctx)  # rank 0's disk
+    if previous and not options.resume and not options.overwrite:
+        resume_hint = "--resume" if "last.pt" in previous else "--resume PATH/last.pt"
+        raise ValueError(f"--out-dir {out_dir} already holds a previous run ({', '.join(previous)}); continue it with "
+                         f"{resume_hint}, pick a new --out-dir, or pass --overwrite to delete it and start again")
 
-    # ---- model and optimizer ---------------------------------------------------------------------
+    # ---- resume: read and check the checkpoint now, before the data and the model are built -------
+    checkpoint = None
+    if options.resume:
+        path = out_dir / "last.pt" if options.resume == "auto" else Path(options.resume)
+        checkpoint = load_checkpoint(path)
+        if "optimizer" not in checkpoint:
+            raise ValueError(f"--resume: {path} holds model weights only (best.pt: the weights chosen on "
+                             f"validation); resume from last.pt")
+        check_resumable(checkpoint["config"], config)
+        if checkpoint["episode"] % global_batch:
+            raise ValueError(f"--resume: {path} stopped at episode {checkpoint['episode']}, not a multiple of "
+                             f"this run's {global_batch} episodes per step")
+    if main and config.backbone == "resnet50" and not config.backbone_weights:
+        print("tap_fast: warning: no --backbone-weights: ResNet-50 starts from random weights (the paper's "
+              "settings assume ImageNet weights; expect much lower accuracy)", file=sys.stderr, flush=True)
+
+    # ---- model and optimizer (before the data: bad --backbone-weights fail in seconds, not after a scan)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     optimizer, scheduler = build_optimizer(model, config, global_batch)
@@ -220,13 +287,19 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     clipped = parameter_groups_to_clip(model)
     state = {"step": 0, "history": [], "best_accuracy": -math.inf, "running": [0.0, 0.0, 0],
              "meters": [0.0, 0.0, 0], "elapsed": 0.0}
-    if options.resume:
-        path = out_dir / "last.pt" if options.resume == "auto" else Path(options.resume)
-        checkpoint = load_checkpoint(path)
-        check_resumable(checkpoint["config"], config)
-        if checkpoint["episode"] % global_batch:
-            raise ValueError(f"--resume: {path} stopped at episode {checkpoint['episode']}, not a multiple of "
-                             f"this run's {global_batch} episodes per step")
+
+    # ---- data (rank 0 first: it may generate the synthetic set or scan and cache a real one) ---
+    if not main:
+        distributed.barrier(ctx)
+    index = load_index(config, progress=progress)
+    if main:
+        distributed.barrier(ctx)
+    # every split can make its episodes (the test shots too): fail now, not after the training
+    check_episodes_fit(config, index, "train", [config.shot])
+    check_episodes_fit(config, index, "val", [config.shot])
+    check_episodes_fit(config, index, "test", config.test_shots, hint="lower --test-shots or --way")
+
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -265,6 +338,8 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
                          "config": config.to_dict()}, out_dir / "last.pt")
 
     # ---- loop: one optimizer step = episodes_per_step episodes on each rank --------------------
+    if main and options.overwrite:
+        clear_previous_run(out_dir)
     log = RunLog(out_dir, enabled=main, resume_episode=start_step * global_batch if options.resume else None)
     timer = StepTimer(device, sync=options.profile)
     started = time.time() - state["elapsed"]
@@ -274,92 +349,108 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     model.train()
     stopped, done = None, start_step
     with StopOnSignal() as stop_signal:
-        for step in range(start_step, total_steps):
-            loss_sum = correct_sum = torch.zeros((), device=device)
-            for micro in range(config.episodes_per_step):
-                with timer("data"):
-                    batch = next(batches)
-                last_micro = micro == config.episodes_per_step - 1
-                # gradients are all-reduced once per step, on the last backward
-                with ddp_model.no_sync() if ctx.enabled and not last_micro else nullcontext():
-                    with timer("forward"), autocast(precision, device):
-                        logits = ddp_model(batch["support"].to(device, non_blocking=True),
-                                           batch["query"].to(device, non_blocking=True), config.way)
-                        labels = batch["query_labels"].to(device)
-                        loss = episode_loss(logits, labels)
-                    with timer("backward"):
-                        scaler.scale(loss / config.episodes_per_step).backward()
-                loss_sum = loss_sum + loss.detach()
-                correct_sum = correct_sum + (logits.argmax(-1) == labels).float().mean()
-            with timer("optimizer"):
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(clipped, config.clip_norm)
-                scale = scaler.get_scale()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                # fp16: a step with inf/NaN gradients is skipped and the scale lowered; the learning-rate
-                # schedule waits for the next real step (bf16/fp32: the scaler is off, scale stays 1)
-                if scaler.get_scale() >= scale:
-                    scheduler.step()
+        try:
+            for step in range(start_step, total_steps):
+                loss_sum = correct_sum = torch.zeros((), device=device)
+                for micro in range(config.episodes_per_step):
+                    with timer("data"):
+                        batch = next(batches)
+                    last_micro = micro == config.episodes_per_step - 1
+                    # gradients are all-reduced once per step, on the last backward
+                    with ddp_model.no_sync() if ctx.enabled and not last_micro else nullcontext():
+                        with timer("forward"), autocast(precision, device):
+                            logits = ddp_model(batch["support"].to(device, non_blocking=True),
+                                               batch["query"].to(device, non_blocking=True), config.way)
+                            labels = batch["query_labels"].to(device)
+                            loss = episode_loss(logits, labels)
+                        with timer("backward"):
+                            scaler.scale(loss / config.episodes_per_step).backward()
+                    loss_sum = loss_sum + loss.detach()
+                    correct_sum = correct_sum + (logits.argmax(-1) == labels).float().mean()
+                with timer("optimizer"):
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(clipped, config.clip_norm)
+                    scale = scaler.get_scale()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    # fp16: a step with inf/NaN gradients is skipped and the scale lowered; the learning-rate
+                    # schedule waits for the next real step (bf16/fp32: the scaler is off, scale stays 1)
+                    if scaler.get_scale() >= scale:
+                        scheduler.step()
 
-            # one small collective a step: the global step's loss and accuracy, and any rank's stop signal
-            loss_total, correct_total, stop_votes = distributed.all_reduce_sum(
-                [loss_sum.item(), correct_sum.item(), float(stop_signal.requested)], ctx)
-            step_loss, step_accuracy = loss_total / global_batch, correct_total / global_batch
-            episode, done = (step + 1) * global_batch, step + 1
-            running, meters = state["running"], state["meters"]
-            running[0] = 0.98 * running[0] + 0.02 * step_loss
-            running[1] = 0.98 * running[1] + 0.02 * step_accuracy
-            running[2] += 1
-            meters[0] += step_loss
-            meters[1] += step_accuracy
-            meters[2] += 1
-            bar.update(global_batch)
-            if done % config.log_every == 0 or done == total_steps:
-                phases, wall = timer.pop_interval()
-                wall -= phases.get("validation", 0.0) + phases.get("checkpoint", 0.0)  # training time only
-                log.record("train", episode, done, loss=meters[0] / meters[2], accuracy=meters[1] / meters[2],
-                           lr=scheduler.get_last_lr()[0], episodes_per_s=meters[2] * global_batch / wall,
-                           data_wait_fraction=phases.get("data", 0.0) / wall)
-                state["meters"] = [0.0, 0.0, 0]
-                debias = 1 - 0.98 ** running[2]
-                bar.set_postfix(loss=f"{running[0] / debias:.3f}", acc=f"{100 * running[1] / debias:.1f}")
+                # one small collective a step: the global step's loss and accuracy, and any rank's stop signal
+                loss_total, correct_total, stop_votes = distributed.all_reduce_sum(
+                    [loss_sum.item(), correct_sum.item(), float(stop_signal.requested)], ctx)
+                step_loss, step_accuracy = loss_total / global_batch, correct_total / global_batch
+                episode, done = (step + 1) * global_batch, step + 1
+                running, meters = state["running"], state["meters"]
+                running[0] = 0.98 * running[0] + 0.02 * step_loss
+                running[1] = 0.98 * running[1] + 0.02 * step_accuracy
+                running[2] += 1
+                meters[0] += step_loss
+                meters[1] += step_accuracy
+                meters[2] += 1
+                bar.update(global_batch)
+                if done % config.log_every == 0 or done == total_steps:
+                    phases, wall = timer.pop_interval()
+                    wall -= phases.get("validation", 0.0) + phases.get("checkpoint", 0.0)  # training time only
+                    log.record("train", episode, done, loss=meters[0] / meters[2], accuracy=meters[1] / meters[2],
+                               lr=scheduler.get_last_lr()[0], episodes_per_s=meters[2] * global_batch / wall,
+                               data_wait_fraction=phases.get("data", 0.0) / wall)
+                    state["meters"] = [0.0, 0.0, 0]
+                    debias = 1 - 0.98 ** running[2]
+                    bar.set_postfix(loss=f"{running[0] / debias:.3f}", acc=f"{100 * running[1] / debias:.1f}")
 
-            stop_requested = stop_votes > 0 or (options.stop_after is not None and episode >= options.stop_after)
-            validate = episode // config.val_every > (episode - global_batch) // config.val_every
-            if validate or done == total_steps:
-                with timer("validation"), autocast(precision, device):
-                    val = meta_test(model, val_dataset, range(config.val_episodes), device, desc="meta-val",
-                                    progress=progress)
+                stop_requested = stop_votes > 0 or (options.stop_after is not None and episode >= options.stop_after)
+                validate = episode // config.val_every > (episode - global_batch) // config.val_every
+                if validate or done == total_steps:
+                    with timer("validation"), autocast(precision, device):
+                        val = meta_test(model, val_dataset, range(config.val_episodes), device, desc="meta-val",
+                                        progress=progress)
+                    state["elapsed"] = time.time() - started
+                    record = {"episode": episode, "train_loss": running[0] / (1 - 0.98 ** running[2]),
+                              "val_accuracy": val.mean, "val_ci95": val.ci95, "seconds": state["elapsed"],
+                              "lr": scheduler.get_last_lr()[0]}
+                    state["history"].append(record)
+                    log.record("val", episode, done, accuracy=val.mean, ci95=val.ci95)
+                    if val.mean > state["best_accuracy"]:
+                        state["best_accuracy"] = val.mean
+                        if main:  # best.pt: the weights chosen on the meta-validation set
+                            save_atomic({"model": model.state_dict(), "config": config.to_dict(), "episode": episode,
+                                         "val_accuracy": val.mean}, out_dir / "best.pt")
+                    message = (f"episode {episode}: loss {record['train_loss']:.3f}, "
+                               f"val {config.way}-way {config.shot}-shot {val}")
+                    if main:
+                        tqdm.write(message) if progress else print(message, flush=True)
+                if validate or done % config.checkpoint_every == 0 or done == total_steps or stop_requested:
+                    state["elapsed"] = time.time() - started
+                    with timer("checkpoint"):
+                        save_last(done)
+                    log.flush()
+                if stop_requested and done < total_steps:
+                    signum = stop_signal.signum
+                    reason = signal.Signals(signum).name if signum else f"--stop-after {options.stop_after}"
+                    stopped = {"episode": episode, "reason": reason, "signal": signum}
+                    if main:
+                        tqdm.write(f"tap_fast: stopped at episode {episode} ({reason}); last.pt saved, "
+                                   f"continue with --resume")
+                    break
+        except Exception as error:
+            decode_error = as_decode_error(error)
+            if decode_error is None:
+                raise
+            # a video the index accepted fails to decode mid-run: keep the training done so far, as
+            # SIGINT would. Steps up to `done` are complete (a validation the error cut short is not
+            # redone on resume). Under DDP saving is a collective that the other ranks, busy
+            # elsewhere, would never join: nothing is saved there.
+            bar.close()
+            log.close()
+            if not ctx.enabled and done > start_step:
                 state["elapsed"] = time.time() - started
-                record = {"episode": episode, "train_loss": running[0] / (1 - 0.98 ** running[2]),
-                          "val_accuracy": val.mean, "val_ci95": val.ci95, "seconds": state["elapsed"],
-                          "lr": scheduler.get_last_lr()[0]}
-                state["history"].append(record)
-                log.record("val", episode, done, accuracy=val.mean, ci95=val.ci95)
-                if val.mean > state["best_accuracy"]:
-                    state["best_accuracy"] = val.mean
-                    if main:  # best.pt: the weights chosen on the meta-validation set
-                        save_atomic({"model": model.state_dict(), "config": config.to_dict(), "episode": episode,
-                                     "val_accuracy": val.mean}, out_dir / "best.pt")
-                message = (f"episode {episode}: loss {record['train_loss']:.3f}, "
-                           f"val {config.way}-way {config.shot}-shot {val}")
-                if main:
-                    tqdm.write(message) if progress else print(message, flush=True)
-            if validate or done % config.checkpoint_every == 0 or done == total_steps or stop_requested:
-                state["elapsed"] = time.time() - started
-                with timer("checkpoint"):
-                    save_last(done)
-                log.flush()
-            if stop_requested and done < total_steps:
-                signum = stop_signal.signum
-                reason = signal.Signals(signum).name if signum else f"--stop-after {options.stop_after}"
-                stopped = {"episode": episode, "reason": reason, "signal": signum}
-                if main:
-                    tqdm.write(f"tap_fast: stopped at episode {episode} ({reason}); last.pt saved, "
-                               f"continue with --resume")
-                break
+                save_last(done)
+                decode_error.saved = (out_dir / "last.pt", done * global_batch)
+            raise decode_error from error
     bar.close()
     log.close()
     if options.profile and main:
@@ -380,20 +471,25 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     if main:
         report = format_report(results, config.head)
         print(report, flush=True)
-        (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-        (out_dir / "report.md").write_text(report + "\n")
+        write_text_atomic(out_dir / "results.json", json.dumps(summary, indent=2))
+        write_text_atomic(out_dir / "report.md", report + "\n")
+        written = ["best.pt", "last.pt", "results.json", "report.md", "log.jsonl"]
         if config.plots:
-            _save_plots(model, config, index, device, state["history"], out_dir)
-        print(f"checkpoint, report and plots in {out_dir}/", flush=True)
+            written += _save_plots(model, config, index, device, state["history"], out_dir)
+        print(f"wrote {', '.join(written)} in {out_dir}/", flush=True)
     summary["final_state_dict"] = final_state  # the weights at the last step (not written: last.pt has them)
     return summary
 
 
-def _save_plots(model, config, index, device, history, out_dir: Path) -> None:
+def _save_plots(model, config, index, device, history, out_dir: Path) -> list[str]:
     from tap_fast.plots import plot_alignment_example, plot_training_curves
+    from tap_fast.run_log import read_log
 
-    plot_training_curves(history, out_dir / "training.png")
+    log = out_dir / "log.jsonl"
+    records = read_log(log, "train") if log.is_file() else []  # the loss at every --log-every step
+    plot_training_curves(history, out_dir / "training.png", records)
     plot_alignment_example(model, config, index, device, out_dir / "alignment.png")
+    return ["training.png", "alignment.png"]
 
 
 def main(argv=None) -> int:
@@ -403,6 +499,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except VideoDecodeError as error:
+        saved = getattr(error, "saved", None)
+        kept = (f"; last.pt saved at episode {saved[1]} ({saved[0]}), continue with --resume" if saved else "")
+        # the index probes headers and first frames only, so --bad-video-policy skip cannot catch this one
+        print(f"error: {error}{kept}; replace or remove the video (the index is rebuilt for changed files; "
+              f"--bad-video-policy skip leaves out only the videos the index finds unreadable)", file=sys.stderr)
+        return 1
     stopped = summary.get("stopped")
     if stopped and stopped["signal"]:
         return 128 + stopped["signal"]  # the shell convention for "ended by this signal"

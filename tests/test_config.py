@@ -1,7 +1,7 @@
 """Presets carry the paper's hyper-parameters; unknown names fail clearly."""
 import pytest
 
-from tap_fast.config import PRESETS, TrainConfig, preset
+from tap_fast.config import CHOICES, PRESETS, TrainConfig, preset
 from tap_fast.stats import summarize_accuracies
 
 
@@ -43,3 +43,100 @@ def test_train_cli_names_bad_choices(capsys):
     assert "unknown preset 'kinetics'" in capsys.readouterr().err
     assert main(["--way", "1", "--no-progress"]) == 2
     assert "--way must be >= 2" in capsys.readouterr().err
+
+
+# ---- settings are checked before any data or model work ------------------------------------------
+def test_test_shots_must_be_positive(capsys):
+    from tap_fast.train import main, validate_config
+
+    with pytest.raises(ValueError, match="--test-shots must each be >= 1, got 1 0"):
+        validate_config(PRESETS["synthetic"].replace(test_shots=(1, 0)))
+    assert main(["--test-shots", "0", "--no-progress"]) == 2
+    assert "--test-shots must each be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("item, message", [
+    ("frames=abc", "frames takes an integer, got 'abc'"),
+    ("frames=true", "frames takes an integer, got True"),  # bool is no int: would silently be T=1
+    ("mlp_hidden=[0]", "mlp_hidden takes a non-empty list of positive integers"),
+    ("mlp_hidden=16", "mlp_hidden takes a non-empty list"),
+    ("bad_video_policy=maybe", "bad_video_policy must be one of fail, skip"),
+    ("optimizer=adam", "optimizer must be one of adamw, sgd"),
+    ("plots=1", "plots takes true or false"),
+    ("lr=fast", "lr takes a number"),
+])
+def test_set_values_are_type_checked(item, message, capsys):
+    from tap_fast.train import main, parse_args
+
+    with pytest.raises(ValueError, match=f"--set {item}: {message}".replace("[", r"\[").replace("]", r"\]")):
+        parse_args(["--set", item])
+    assert main(["--set", item, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set") and err.count("\n") == 1  # one line, no traceback
+
+
+def test_set_values_are_coerced():
+    from tap_fast.train import parse_args
+
+    config, _ = parse_args(["--set", "lr=1", "--set", "out_dir=2024", "--set", "split_dir=null",
+                            "--set", "test_shots=[1,2]", "--set", "synthetic_families=null"])
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.out_dir == "2024" and config.split_dir is None  # a string field keeps the text as typed
+    assert config.test_shots == (1, 2) and config.synthetic_families is None
+
+
+def test_relative_data_root_is_stored_absolute(tmp_path, monkeypatch):
+    from tap_fast.train import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    config, _ = parse_args(["--data-root", "data/ssv2", "--split-dir", "lists"])
+    assert config.data_root == str(tmp_path / "data" / "ssv2") and config.split_dir == str(tmp_path / "lists")
+
+
+def _index(test_classes: int, videos: int):
+    from tap_fast.data.index import DatasetIndex, VideoRecord
+
+    records = []
+    for split, classes in (("train", 5), ("val", 5), ("test", test_classes)):
+        for c in range(classes):
+            records += [VideoRecord(path=f"{split}{c}/v{v}.mp4", class_name=f"{split}{c}", split=split,
+                                    num_frames=16) for v in range(videos)]
+    return DatasetIndex(records)
+
+
+def test_episodes_must_fit_every_split():
+    from tap_fast.evaluate import check_episodes_fit
+
+    config = PRESETS["synthetic"].replace(way=5, query=1)
+    check_episodes_fit(config, _index(test_classes=5, videos=6), "test", (1, 5))
+    with pytest.raises(ValueError, match=r"5-way 1-shot .* test split: split 'test' has 3 classes"):
+        check_episodes_fit(config, _index(test_classes=3, videos=6), "test", (1,))
+    with pytest.raises(ValueError, match=r"5-way 5-shot .* test split: class 'test0' has 3 videos, the episode "
+                                         r"needs 6 \(shot 5 \+ query 1\) \(lower --test-shots\)"):
+        check_episodes_fit(config, _index(test_classes=5, videos=3), "test", (1, 5), hint="lower --test-shots")
+
+
+def test_device_without_cuda_is_one_line(monkeypatch, capsys):
+    import torch
+
+    from tap_fast.evaluate import main as evaluate_main
+    from tap_fast.train import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--device", "cuda", "--no-progress"]) == 2
+    assert "error: --device cuda: no CUDA GPU is available" in capsys.readouterr().err
+    assert main(["--device", "gpu", "--no-progress"]) == 2
+    assert "error: --device 'gpu' is not a device" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", "nope.pt", "--device", "cuda:0"]) == 2
+    assert "error: --device cuda:0: no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_config_choices_agree_with_the_modules_that_act_on_them():
+    """config.CHOICES (checked by --set and validate_config) lists what the code behind each field accepts."""
+    from tap_fast.data.formats import FORMATS, POLICIES
+    from tap_fast.data.select_decoder import DECODERS
+    from tap_fast.precision import PRECISIONS
+
+    assert CHOICES["decoder"] == DECODERS and CHOICES["precision"] == PRECISIONS
+    assert CHOICES["bad_video_policy"] == POLICIES
+    assert set(CHOICES["dataset_format"]) == {"synthetic", "auto", *FORMATS}

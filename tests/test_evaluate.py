@@ -1,4 +1,6 @@
 """Meta-testing: cached per-video features give exactly the episode-by-episode result; the CLI."""
+import json
+
 import pytest
 import torch
 
@@ -41,17 +43,78 @@ def test_eval_clip_refuses_training_datasets(data_root, tmp_path):
         dataset.eval_clip(index.records("train")[0])
 
 
-def test_evaluate_cli_reports_and_names_a_missing_checkpoint(data_root, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """A tiny TSN run's out_dir (best.pt, last.pt, ...)."""
     from tap_fast.train import RunOptions, train
 
-    config = tiny_config(data_root, tmp_path, head="tsn", episodes=2, val_every=2)
+    out = tmp_path_factory.mktemp("trained")
     with one_thread():
-        train(config, RunOptions(progress=False))
-        assert evaluate_main(["--checkpoint", str(tmp_path / "best.pt"), "--episodes", "3",
+        train(tiny_config(data_root, out, head="tsn", episodes=2, val_every=2), RunOptions(progress=False))
+    return out
+
+
+def test_evaluate_cli_reports_and_names_a_missing_checkpoint(trained, tmp_path, capsys):
+    with one_thread():
+        assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--episodes", "3",
                               "--json", str(tmp_path / "eval.json"), "--no-progress"]) == 0
     out = capsys.readouterr()
     assert "3-way 1-shot" in out.out
     assert "it/s" not in out.err and "episode/s" not in out.err  # --no-progress: no bars
-    assert (tmp_path / "eval.json").is_file()
+    assert json.loads((tmp_path / "eval.json").read_text())["3-way 1-shot"]["episodes"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
     assert evaluate_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--episodes", "--shots"])
+def test_evaluate_refuses_zero_counts(trained, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # 0 used to mean "the run's default"
+        evaluate_main(["--checkpoint", str(trained / "best.pt"), flag, "0"])
+    assert exit_info.value.code == 2 and "expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_evaluate_checks_its_inputs_before_the_meta_test(trained, tmp_path, monkeypatch, capsys):
+    from tap_fast import evaluate
+
+    def no_meta_test(*args, **kwargs):
+        raise AssertionError("the meta-test ran before the inputs were checked")
+
+    monkeypatch.setattr(evaluate, "test_report", no_meta_test)
+    best = str(trained / "best.pt")
+    assert evaluate_main(["--checkpoint", best, "--json", str(tmp_path / "no" / "dir" / "x.json")]) == 2
+    assert f"the directory {tmp_path / 'no' / 'dir'} does not exist" in capsys.readouterr().err
+    # a synthetic-set checkpoint would generate a whole new set in a mistyped --data-root
+    assert evaluate_main(["--checkpoint", best, "--data-root", str(tmp_path / "typo"), "--no-progress"]) == 2
+    assert "--data-root" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+    # 5 support + 1 query videos per class: the tiny set has 3
+    assert evaluate_main(["--checkpoint", best, "--shots", "1", "5", "--no-progress"]) == 2
+    assert "3-way 5-shot episodes with 1 query video(s) per class do not fit the test split" in \
+        capsys.readouterr().err
+
+
+def test_evaluate_names_an_undecodable_video(trained, monkeypatch, capsys):
+    from tap_fast.data.decode import CachedDecoder, VideoDecodeError
+
+    def broken(self, path, indices):
+        raise VideoDecodeError(path, "corrupt frame 3")
+
+    monkeypatch.setattr(CachedDecoder, "decode", broken)
+    assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("error: cannot decode video ") and "corrupt frame 3" in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_needs_no_backbone_weights_file(data_root, tmp_path):
+    """The checkpoint holds every weight: the ImageNet file named in training may be gone (or relative)."""
+    from tap_fast.checkpoint import save_atomic
+    from tap_fast.evaluate import model_from_checkpoint
+
+    config = tiny_config(data_root, tmp_path)
+    torch.manual_seed(0)
+    model = build_model(config)
+    path = save_atomic({"model": model.state_dict(),
+                        "config": config.replace(backbone_weights="gone/resnet50.pth").to_dict()}, tmp_path / "b.pt")
+    loaded, _ = model_from_checkpoint(path, torch.device("cpu"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())

@@ -63,6 +63,20 @@ def test_otam_prefers_the_same_order():
     assert scores[0, 0] > scores[0, 1]
 
 
+def test_otam_alignment_map_follows_the_soft_path():
+    """OTAM's alignment map is d distance / d cost: the diagonal for a clip against itself, a row
+    sum of about one cell per query frame, values in [0, 1], and no gradient kept."""
+    torch.manual_seed(0)
+    video = torch.randn(1, 8, 32)
+    candidates = torch.cat([video, torch.randn(1, 8, 32)])
+    with torch.no_grad():  # as the plot calls it: the map must not depend on grad mode
+        align, cos = OtamHead(gamma=0.01).alignment_maps(video, candidates)
+    assert align.shape == cos.shape == (1, 2, 8, 8) and not align.requires_grad
+    assert align[0, 0].argmax(-1).tolist() == list(range(8))
+    assert 0 <= align.min() and align.max() <= 1 + 1e-5
+    assert align[0, 0].sum().item() == pytest.approx(8, abs=1e-3)
+
+
 def test_clipped_parameters_are_backbone_and_bilstm_only():
     model = build_model(preset("synthetic"))
     clipped = {id(p) for p in parameter_groups_to_clip(model)}

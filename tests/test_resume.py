@@ -97,3 +97,92 @@ def test_checkpoint_holds_everything_resume_needs(uninterrupted):
     assert best["val_accuracy"] == max(r["val_accuracy"] for r in torch.load(
         out / "last.pt", weights_only=False)["loop"]["history"])
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("last.pt", "best.pt", "results.json", "report.md"):  # readable as open() would create them
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_resume_from_best_pt_names_the_mistake(data_root, uninterrupted, tmp_path):
+    reference_dir, _ = uninterrupted
+    config = tiny_config(data_root, tmp_path, episodes=EPISODES)
+    with pytest.raises(ValueError, match="best.pt holds model weights only .*resume from last.pt"):
+        train(config, RunOptions(progress=False, resume=str(reference_dir / "best.pt")))
+
+
+def test_a_previous_run_is_not_overwritten_unasked(data_root, tmp_path, capsys):
+    from tap_fast.train import main
+
+    config = tiny_config(data_root, tmp_path, episodes=2, val_every=2)
+    args = tiny_cli_args(config)
+    with one_thread():
+        assert main(args) == 0
+    assert "wrote best.pt, last.pt, results.json, report.md, log.jsonl in" in capsys.readouterr().out  # no plots
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out-dir {tmp_path} already holds a previous run (last.pt, best.pt, results.json); "
+                          f"continue it with --resume, pick a new --out-dir, or pass --overwrite")
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()} == before  # untouched
+    assert main([*args, "--overwrite", "--resume"]) == 2
+    assert "--overwrite and --resume exclude each other" in capsys.readouterr().err
+    with one_thread():
+        assert main([*args, "--overwrite"]) == 0
+    assert [r["episode"] for r in read_log(tmp_path / "log.jsonl", "train")] == [1, 2]
+    if (tmp_path / "tensorboard").is_dir():  # the old run's events are gone, not mixed in
+        assert len(list((tmp_path / "tensorboard").glob("events.*"))) == 1
+
+
+def test_an_undecodable_video_mid_run_keeps_the_training_done(data_root, tmp_path, monkeypatch, capsys):
+    """A decode failure in episode 3 (the index accepted the video): last.pt at episode 2, a one-line
+    error naming the file, and --resume goes on from there."""
+    from tap_fast.data.decode import CachedDecoder, VideoDecodeError
+    from tap_fast.train import main
+
+    decode, calls = CachedDecoder.decode, []
+
+    def fails_in_episode_3(self, path, indices):
+        calls.append(path)
+        if len(calls) > 12:  # 3-way 1-shot 1-query: 6 videos an episode
+            raise VideoDecodeError(path, "corrupt frame")
+        return decode(self, path, indices)
+
+    config = tiny_config(data_root, tmp_path, episodes=4, val_every=100, checkpoint_every=100)
+    monkeypatch.setattr(CachedDecoder, "decode", fails_in_episode_3)
+    with one_thread():
+        assert main(tiny_cli_args(config)) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: cannot decode video ") and ": corrupt frame; last.pt saved at episode 2" in err
+    assert load_checkpoint(tmp_path / "last.pt")["episode"] == 2
+    monkeypatch.setattr(CachedDecoder, "decode", decode)
+    with one_thread():
+        assert train(config, RunOptions(progress=False, resume="auto"))["config"]["episodes"] == 4
+
+
+def test_a_decode_error_from_a_dataloader_worker_is_recognised():
+    """Worker exceptions come back as RuntimeError("Caught VideoDecodeError in DataLoader worker ...")."""
+    from torch._utils import ExceptionWrapper
+
+    from tap_fast.data.decode import VideoDecodeError
+    from tap_fast.evaluate import as_decode_error
+
+    try:
+        raise VideoDecodeError("/data/a b/v.mp4", "bad packet: 7")
+    except VideoDecodeError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(Exception) as info:
+        wrapped.reraise()
+    found = as_decode_error(info.value)
+    assert (found.path, found.reason) == ("/data/a b/v.mp4", "bad packet: 7")
+    assert as_decode_error(RuntimeError("something else")) is None
+
+
+def test_test_settings_are_checked_before_training(data_root, tmp_path, capsys):
+    """--test-shots 5 on 3 videos per class fails before the first step, not after the training; a
+    paper-style ResNet-50 without --backbone-weights is warned about."""
+    config = tiny_config(data_root, tmp_path, test_shots=(1, 5), backbone="resnet50")
+    with pytest.raises(ValueError, match=r"3-way 5-shot .* do not fit the test split: class .* has 3 videos, "
+                                         r"the episode needs 6 .*\(lower --test-shots or --way\)"):
+        train(config, RunOptions(progress=False))
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "log.jsonl").exists()
+    assert "warning: no --backbone-weights: ResNet-50 starts from random weights" in capsys.readouterr().err

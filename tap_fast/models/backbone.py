@@ -48,15 +48,31 @@ def resnet50_backbone(weights_path: str | None) -> nn.Module:
                 "state dict (e.g. torchvision's resnet50-11ad3fa6.pth) with --backbone-weights, "
                 "or omit it to start from random weights."
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # not a torch file, truncated, or pickled objects beyond tensors
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"cannot read backbone weights {path}: not a PyTorch state dict file "
+                             f"({type(error).__name__}: {reason[:200]})") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path} is not a ResNet-50 state dict (expected a dict of tensors, "
+                             f"got {type(state).__name__})")
         state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} is not a ResNet-50 state dict: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        # shapes first: load_state_dict would raise a long RuntimeError for, e.g., ResNet-18 weights
+        expected = model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} (ResNet-50: {tuple(expected[k].shape)})"
+                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+        # older torchvision files lack the BatchNorm counters, which are no weights
+        missing = [k for k in expected if k not in state and not k.startswith("fc.")
+                   and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state if k not in expected]
+        if wrong or missing or unexpected:
+            raise ValueError(f"{path} is not a ResNet-50 state dict: "
+                             + "; ".join(f"{what} {items[:3]}" for what, items in
+                                         (("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected))
+                                         if items))
+        model.load_state_dict(state, strict=False)
     model.fc = nn.Identity()
     model.feature_dim = 2048
     return model

@@ -49,16 +49,26 @@ class OtamHead(nn.Module):
         super().__init__()
         self.gamma = gamma
 
-    def forward(self, query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-        # soft-DTW sums T + T terms through log-sum-exp: keep it in fp32 even under autocast
-        cost = 1 - frame_cosines(query, support).float()
+    def _distance(self, cost: torch.Tensor) -> torch.Tensor:
+        """OTAM distance of both directions [NQ, NS] from the cost 1 - cos [NQ, NS, Tq, Ts]."""
         nq, ns, tq, ts = cost.shape
         forward = soft_dtw(cost.reshape(nq * ns, tq, ts), self.gamma, variant="otam")
         backward = soft_dtw(cost.transpose(-1, -2).reshape(nq * ns, ts, tq), self.gamma, variant="otam")
-        return -(forward + backward).view(nq, ns)
+        return (forward + backward).view(nq, ns)
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        # soft-DTW sums T + T terms through log-sum-exp: keep it in fp32 even under autocast
+        return -self._distance(1 - frame_cosines(query, support).float())
 
     def alignment_maps(self, query, support):
-        return None, frame_cosines(query, support)
+        """(A, S), each [NQ, NS, Tq, Ts]: A is soft-DTW's expected alignment, d distance / d cost (how
+        much each frame pair weighs on the soft path, in [0, 1]), averaged over the two directions;
+        S the cosines.  A plays the part of TAP's P in the alignment plot."""
+        cos = frame_cosines(query, support)
+        with torch.enable_grad():
+            cost = (1 - cos.detach().float()).requires_grad_()
+            (align,) = torch.autograd.grad(self._distance(cost).sum(), cost)
+        return align / 2, cos
 
 
 class TsnHead(nn.Module):
