@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from tap_fast.atomic_write import write_text_atomic
 from tap_fast.checkpoint import load_checkpoint
 from tap_fast.config import TrainConfig
 from tap_fast.data.build import episode_dataset, load_index
-from tap_fast.data.decode import VideoDecodeError
+from tap_fast.data.decode import as_decode_error
 from tap_fast.models import build_model
 from tap_fast.stats import AccuracySummary, summarize_accuracies
 
@@ -54,16 +53,6 @@ def check_episodes_fit(config: TrainConfig, index, split: str, shots, hint: str 
         except ValueError as error:
             raise ValueError(f"{config.way}-way {shot}-shot episodes with {config.query} query video(s) per class "
                              f"do not fit the {split} split: {error}" + (f" ({hint})" if hint else "")) from None
-
-
-def as_decode_error(error: BaseException) -> VideoDecodeError | None:
-    """The VideoDecodeError behind error, if any. A DataLoader worker's one arrives as a RuntimeError
-    ("Caught VideoDecodeError in DataLoader worker process 0 ...") holding the original's text."""
-    if "Caught VideoDecodeError" in str(error):
-        found = re.findall(r"VideoDecodeError: cannot decode video (.+?): (.*)", str(error))
-        if found:
-            return VideoDecodeError(*found[-1])
-    return error if isinstance(error, VideoDecodeError) else None
 
 
 class VideoFeatureCache:

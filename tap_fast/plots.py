@@ -81,7 +81,8 @@ def plot_alignment_example(model, config, index, device, path: Path, split: str 
     S = S[0].float().cpu()
     P = None if P is None else P[0].float().cpu()
 
-    rows = [("S (cosine)", S)] if P is None else [("P (alignment)", P), ("S (cosine)", S), ("P * S", P * S)]
+    p_name = "P (soft-DTW alignment)" if config.head == "otam" else "P (alignment)"
+    rows = [("S (cosine)", S)] if P is None else [(p_name, P), ("S (cosine)", S), ("P * S", P * S)]
     titles = [f"same class:\n{batch['class_names'][label]}", f"closest other class:\n{batch['class_names'][other]}"]
     fig, axes = plt.subplots(len(rows), 2, figsize=(8, 3.4 * len(rows)), squeeze=False)
     for r, (name, maps) in enumerate(rows):

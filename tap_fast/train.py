@@ -38,9 +38,8 @@ from tap_fast.atomic_write import write_text_atomic
 from tap_fast.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_atomic
 from tap_fast.config import CHOICES, HEADS, PRESETS, TrainConfig, check_value, preset
 from tap_fast.data.build import episode_dataset, episode_loader, load_index
-from tap_fast.data.decode import VideoDecodeError
-from tap_fast.evaluate import (VAL_SEED_OFFSET, as_decode_error, check_episodes_fit, format_report, meta_test,
-                               pick_device, test_report)
+from tap_fast.data.decode import VideoDecodeError, as_decode_error
+from tap_fast.evaluate import VAL_SEED_OFFSET, check_episodes_fit, format_report, meta_test, pick_device, test_report
 from tap_fast.interrupt import StopOnSignal
 from tap_fast.models import build_model, episode_loss, parameter_groups_to_clip
 from tap_fast.precision import PRECISIONS, autocast, grad_scaler, resolve_precision

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tap_fast.data.decode import (
-    CachedDecoder, FrameIndexError, PyAVDecoder, VideoDecodeError, VideoDecoder, decode_frames, decode_video,
+    CachedDecoder, FrameIndexError, PyAVDecoder, VideoDecodeError, VideoDecoder, as_decode_error, decode_frames,
+    decode_video,
 )
 from tap_fast.data.index import DatasetIndex
 from tap_fast.data.synthetic import ensure_synthetic_dataset
@@ -103,3 +104,18 @@ def test_stream_without_codec_context(tmp_path, monkeypatch):
     monkeypatch.setattr(av, "open", lambda *a, **k: Container())
     with pytest.raises(VideoDecodeError, match="cut.mp4: no codec parameters"):
         decode_video(cut)
+
+
+def test_a_decode_error_from_a_dataloader_worker_is_recognised():
+    """Worker exceptions come back as RuntimeError("Caught VideoDecodeError in DataLoader worker ...")."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise VideoDecodeError("/data/a b/v.mp4", "bad packet: 7")
+    except VideoDecodeError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(Exception) as info:
+        wrapped.reraise()
+    found = as_decode_error(info.value)
+    assert (found.path, found.reason) == ("/data/a b/v.mp4", "bad packet: 7")
+    assert as_decode_error(RuntimeError("something else")) is None

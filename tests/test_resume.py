@@ -159,24 +159,6 @@ def test_an_undecodable_video_mid_run_keeps_the_training_done(data_root, tmp_pat
         assert train(config, RunOptions(progress=False, resume="auto"))["config"]["episodes"] == 4
 
 
-def test_a_decode_error_from_a_dataloader_worker_is_recognised():
-    """Worker exceptions come back as RuntimeError("Caught VideoDecodeError in DataLoader worker ...")."""
-    from torch._utils import ExceptionWrapper
-
-    from tap_fast.data.decode import VideoDecodeError
-    from tap_fast.evaluate import as_decode_error
-
-    try:
-        raise VideoDecodeError("/data/a b/v.mp4", "bad packet: 7")
-    except VideoDecodeError:
-        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
-    with pytest.raises(Exception) as info:
-        wrapped.reraise()
-    found = as_decode_error(info.value)
-    assert (found.path, found.reason) == ("/data/a b/v.mp4", "bad packet: 7")
-    assert as_decode_error(RuntimeError("something else")) is None
-
-
 def test_test_settings_are_checked_before_training(data_root, tmp_path, capsys):
     """--test-shots 5 on 3 videos per class fails before the first step, not after the training; a
     paper-style ResNet-50 without --backbone-weights is warned about."""

@@ -16,6 +16,7 @@ only lands on key frames anyway, and CachedDecoder keeps decoded videos in memor
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -33,6 +34,16 @@ class VideoDecodeError(RuntimeError):
 
     def __reduce__(self):  # picklable across DataLoader worker processes
         return (type(self), (self.path, self.reason))
+
+
+def as_decode_error(error: BaseException) -> VideoDecodeError | None:
+    """The VideoDecodeError behind error, if any. A DataLoader worker's one arrives as a RuntimeError
+    ("Caught VideoDecodeError in DataLoader worker process 0 ...") holding the original's text."""
+    if "Caught VideoDecodeError" in str(error):
+        found = re.findall(r"VideoDecodeError: cannot decode video (.+?): (.*)", str(error))
+        if found:
+            return VideoDecodeError(*found[-1])
+    return error if isinstance(error, VideoDecodeError) else None
 
 
 class FrameIndexError(IndexError):
