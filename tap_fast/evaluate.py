@@ -63,13 +63,15 @@ class VideoFeatureCache:
     much as one pass over the split's videos plus the (cheap) heads.
     """
 
-    def __init__(self, model, dataset, device):
-        self.model, self.dataset, self.device = model, dataset, device
+    def __init__(self, model, dataset, device, progress: bool = False):
+        self.model, self.dataset, self.device, self.progress = model, dataset, device, progress
         self._features: dict = {}
 
     def __call__(self, records) -> torch.Tensor:
         missing = [r for r in dict.fromkeys(records) if r.path not in self._features]
-        for start in range(0, len(missing), 32):  # bounded batches of videos through the backbone
+        starts = range(0, len(missing), 32)  # bounded batches of videos through the backbone
+        for start in tqdm(starts, desc="features", unit="batch", leave=False, dynamic_ncols=True,
+                          disable=not self.progress or len(starts) < 2):
             chunk = missing[start:start + 32]
             clips = torch.stack([self.dataset.eval_clip(r) for r in chunk]).to(self.device)
             for record, features in zip(chunk, self.model.frame_features(clips)):
@@ -153,13 +155,7 @@ def main(argv=None) -> int:
     try:
         device = pick_device(args.device)
         if args.json:  # a bad path fails now, not after the whole meta-test
-            folder = Path(args.json).parent
-            if not folder.is_dir():
-                raise ValueError(f"--json {args.json}: the directory {folder} does not exist")
-            if not os.access(folder, os.W_OK):
-                raise ValueError(f"--json {args.json}: the directory {folder} is not writable")
-            if Path(args.json).is_dir():
-                raise ValueError(f"--json {args.json} is a directory; name a file in it")
+            check_json_path(args.json)
         model, config = model_from_checkpoint(args.checkpoint, device)
         if args.data_root:
             # the checkpoint's data must already be there: for a synthetic set a mistyped path
@@ -184,6 +180,17 @@ def main(argv=None) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
     return 0
+
+
+def check_json_path(path: str) -> None:
+    """A ValueError now when --json could not be written later (missing or read-only folder)."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise ValueError(f"--json {path}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--json {path}: the directory {folder} is not writable")
+    if Path(path).is_dir():
+        raise ValueError(f"--json {path} is a directory; name a file in it")
 
 
 def _positive_int(text: str) -> int:

@@ -89,11 +89,11 @@ class Item:
 # ---------------------------------------------------------------------------------------------
 # Layout: which videos exist
 # ---------------------------------------------------------------------------------------------
-def _is_frame(name: str) -> bool:
+def is_frame_file(name: str) -> bool:
     return name.lower().endswith(FRAME_EXTENSIONS)
 
 
-def _is_video(name: str) -> bool:
+def is_video_file(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
@@ -104,9 +104,9 @@ def detect_format(root: str | os.PathLike) -> str:
         raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for entry in sorted(class_dir.iterdir()):
-            if entry.is_file() and _is_video(entry.name):
+            if entry.is_file() and is_video_file(entry.name):
                 return "video-folders"
-            if entry.is_dir() and any(_is_frame(n) for n in os.listdir(entry)):
+            if entry.is_dir() and any(is_frame_file(n) for n in os.listdir(entry)):
                 return "frame-folders"
     raise ValueError(f"{root}: found neither root/<class>/<video>.<ext> ({', '.join(VIDEO_EXTENSIONS)}) "
                      f"nor root/<class>/<video>/<frame>.jpg; is --data-root the dataset's top folder?")
@@ -120,7 +120,7 @@ def scan_layout(root: str | os.PathLike, fmt: str) -> list[Item]:
     items = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for entry in sorted(class_dir.iterdir(), key=lambda p: p.name):
-            if fmt == "video-folders" and entry.is_file() and _is_video(entry.name):
+            if fmt == "video-folders" and entry.is_file() and is_video_file(entry.name):
                 items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
             elif fmt == "frame-folders" and entry.is_dir():
                 items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
@@ -300,7 +300,7 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
 
 def frame_files(folder: str | os.PathLike) -> list[str]:
     """The frame images of a frame folder, in sorted name order (img_00001.jpg, ...)."""
-    return sorted(n for n in os.listdir(folder) if _is_frame(n))
+    return sorted(n for n in os.listdir(folder) if is_frame_file(n))
 
 
 # (type, first bytes, end marker, its name) per image type. A file cut short loses its end marker:

@@ -1,0 +1,196 @@
+"""Label new videos with a trained model and a few labelled examples of each class.
+
+    python -m tap_fast.predict --checkpoint runs/tap-synthetic/best.pt --support my_actions/ --query clips/
+
+--support is a folder of labelled examples in either dataset layout, <class>/<video>.mp4 or
+<class>/<video>/<frame>.jpg: two or more classes, one or more videos each (the shots; classes may
+have different numbers). The classes need not be ones the model was trained on: that is what
+few-shot means. --query names video files, frame folders, or folders holding them.
+
+Each query gets the class with the highest score, the mean similarity of the query to that
+class's support videos (as in training and meta-testing); the probabilities are the softmax of
+those scores, the distribution the training loss fitted. Clips are sampled as meta-testing
+samples them: segment centres, centre crop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tap_fast.atomic_write import write_text_atomic
+from tap_fast.data.decode import PyAVDecoder, as_decode_error
+from tap_fast.data.formats import (BadVideoError, detect_format, frame_files, is_video_file,
+                                   probe_frame_folder, probe_items, probe_video, scan_layout)
+from tap_fast.data.frame_folder_decode import FrameFolderDecoder
+from tap_fast.data.index import VideoRecord
+from tap_fast.data.sampling import tsn_frame_indices
+from tap_fast.data.transforms import ClipTransform
+from tap_fast.evaluate import VideoFeatureCache, check_json_path, model_from_checkpoint, pick_device
+
+
+@dataclass(frozen=True)
+class Prediction:
+    query: str
+    predicted: str
+    probabilities: dict[str, float]  # class -> softmax of the class scores, classes in support order
+
+
+class EvalClips:
+    """eval_clip(record) for videos and frame folders alike, sampled as meta-testing samples them."""
+
+    def __init__(self, config):
+        self.frames = config.frames
+        self.transform = ClipTransform(resize=config.resize, crop=config.crop, train=False)
+        self._video_decoder, self._folder_decoder = PyAVDecoder(), FrameFolderDecoder()
+
+    def eval_clip(self, record: VideoRecord) -> torch.Tensor:
+        decoder = self._folder_decoder if Path(record.path).is_dir() else self._video_decoder
+        indices = tsn_frame_indices(record.num_frames, self.frames, train=False)
+        return self.transform(decoder.decode(record.path, indices), None)
+
+
+def support_records(root, min_frames: int, progress: bool = False) -> list[VideoRecord]:
+    """The labelled examples under root/<class>/, class by class; BadVideoError naming every
+    unusable or too-short one, ValueError for fewer than two classes. Nothing is written to root."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--support {root} is not a directory (expected <class>/<video> inside)")
+    fmt = detect_format(root)
+    items = scan_layout(root, fmt)
+    probed = probe_items(root, fmt, items, cache_file=None, progress=progress)
+    records, problems = [], []
+    for item in items:
+        found = probed[item.rel]
+        problem = found["problem"] or _too_short(found["frames"], min_frames)
+        if problem:
+            problems.append((str(root / item.rel), problem))
+        else:
+            records.append(VideoRecord(root / item.rel, item.class_name, "test", int(found["frames"])))
+    if problems:
+        raise BadVideoError(problems, hint="\n(fix or remove them from the support folder)")
+    classes = sorted({r.class_name for r in records})
+    if len(classes) < 2:
+        raise ValueError(f"--support {root} holds {len(classes)} class ({', '.join(classes)}); "
+                         f"a prediction needs at least two classes to choose among")
+    return records
+
+
+def query_records(paths, min_frames: int) -> list[VideoRecord]:
+    """Every video a --query argument names: a video file, a frame folder, or a folder holding
+    them (one level); BadVideoError naming every unusable or too-short one."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"--query {path}: no such file or folder")
+        if path.is_file():
+            if not is_video_file(path.name):
+                raise ValueError(f"--query {path}: not a video file (extensions: mp4, webm, avi, mkv, ...)")
+            found.append(path)
+        elif frame_files(path):
+            found.append(path)
+        else:
+            inside = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")
+                      and ((p.is_file() and is_video_file(p.name)) or (p.is_dir() and frame_files(p)))]
+            if not inside:
+                raise ValueError(f"--query {path}: holds no video files and no frame folders (folders are "
+                                 f"read one level deep: name its subfolders, e.g. {path}/*)")
+            found += inside
+    records, problems = [], []
+    for path in dict.fromkeys(found):  # a video named twice is labelled once
+        frames, _, problem = probe_frame_folder(path) if path.is_dir() else probe_video(path)
+        problem = problem or _too_short(frames, min_frames)
+        if problem:
+            problems.append((str(path), problem))
+        else:
+            records.append(VideoRecord(path, "query", "test", int(frames)))
+    if problems:
+        raise BadVideoError(problems)
+    return records
+
+
+def _too_short(frames: int, min_frames: int) -> str | None:
+    # as in the dataset index: TSN sampling would otherwise repeat frames the model never saw repeated
+    return f"too short ({frames} frames, the model samples {min_frames})" if frames < min_frames else None
+
+
+@torch.no_grad()
+def class_scores(model, clips: EvalClips, support: list[VideoRecord], query: list[VideoRecord], device,
+                 progress: bool = False) -> tuple[list[str], torch.Tensor]:
+    """(classes, scores [len(query), len(classes)]): a class's score is the query's mean similarity
+    to that class's support videos, so classes may have different numbers of shots."""
+    was_training = model.training
+    model.eval()
+    features = VideoFeatureCache(model, clips, device, progress=progress)
+    similarity = model.head(features(query), features(support)).float()  # [NQ, NS]
+    model.train(was_training)
+    classes = sorted({r.class_name for r in support})
+    column_class = torch.tensor([classes.index(r.class_name) for r in support], device=similarity.device)
+    totals = similarity.new_zeros(len(query), len(classes)).index_add_(1, column_class, similarity)
+    shots = torch.bincount(column_class, minlength=len(classes)).to(similarity.dtype)
+    return classes, totals / shots
+
+
+def predict(model, config, support_root, query_paths, device, progress: bool = False) -> list[Prediction]:
+    """One Prediction per query video (in the order given, folders expanded by name)."""
+    support = support_records(support_root, config.frames, progress=progress)
+    query = query_records(query_paths, config.frames)
+    classes, scores = class_scores(model, EvalClips(config), support, query, device, progress=progress)
+    probabilities = scores.softmax(-1).cpu()
+    return [Prediction(str(record.path), classes[int(row.argmax())],
+                       {name: float(p) for name, p in zip(classes, row)})
+            for record, row in zip(query, probabilities)]
+
+
+def format_predictions(predictions: list[Prediction]) -> str:
+    """A markdown table: each query, its class and probability, and the runner-up."""
+    lines = ["| query | predicted | probability | runner-up |", "|---|---|---|---|"]
+    for p in predictions:
+        ranked = sorted(p.probabilities.items(), key=lambda kv: -kv[1])
+        runner_up = f"{ranked[1][0]} ({ranked[1][1]:.3f})"
+        lines.append(f"| {p.query} | {p.predicted} | {p.probabilities[p.predicted]:.3f} | {runner_up} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tap_fast.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a .pt file written by tap_fast.train (best.pt)")
+    parser.add_argument("--support", required=True, help="folder of labelled examples: <class>/<video>")
+    parser.add_argument("--query", required=True, nargs="+",
+                        help="video files, frame folders, or folders holding them")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write every class's probability per query to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    args = parser.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        if args.json:
+            check_json_path(args.json)
+        model, config = model_from_checkpoint(args.checkpoint, device)
+        predictions = predict(model, config, args.support, args.query, device, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        decode_error = as_decode_error(error)
+        if decode_error is None:
+            raise
+        print(f"error: {decode_error}; replace or remove the video", file=sys.stderr)
+        return 1
+    print(format_predictions(predictions))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(
+            {"checkpoint": os.path.abspath(args.checkpoint), "support": os.path.abspath(args.support),
+             "predictions": [vars(p) for p in predictions]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Labelling new videos: the scores are meta-testing's, for any shots per class; the CLI and its errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tap_fast.checkpoint import save_atomic
+from tap_fast.data.build import episode_dataset, load_index
+from tap_fast.data.decode import decode_video
+from tap_fast.models import build_model
+from tap_fast.predict import EvalClips, class_scores, main, query_records, support_records
+from tiny_training import one_thread, tiny_config
+
+SHOTS = {"cross_left_to_right": 2, "cross_right_to_left": 1, "cross_left_right_left": 2}  # 3 videos per tiny class
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(config, model, checkpoint, support folder with unequal shots, query videos by class)."""
+    base = tmp_path_factory.mktemp("predict")
+    config = tiny_config(tmp_path_factory.getbasetemp() / "tiny-synthetic", base, head="tap")
+    index = load_index(config, progress=False)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    checkpoint = save_atomic({"model": model.state_dict(), "config": config.to_dict()}, base / "best.pt")
+    support, queries = base / "support", {}
+    for name, shots in SHOTS.items():
+        videos = index.videos(name)
+        (support / name).mkdir(parents=True)
+        for record in videos[:shots]:
+            shutil.copy(record.path, support / name / record.path.name)
+        queries[name] = videos[shots:]
+    return config, model, checkpoint, support, queries
+
+
+def test_eval_clips_are_meta_testings(setup):
+    config, _, _, _, queries = setup
+    record = queries["cross_left_to_right"][0]
+    index = load_index(config, progress=False)
+    expected = episode_dataset(config, index, "test", shot=1, train=False, seed=0).eval_clip(record)
+    assert torch.equal(EvalClips(config).eval_clip(record), expected)
+
+
+def test_scores_are_the_mean_similarity_per_class(setup):
+    config, model, _, support_root, queries = setup
+    support = support_records(support_root, config.frames)
+    query = [r for videos in queries.values() for r in videos]
+    clips = EvalClips(config)
+    with one_thread():
+        classes, scores = class_scores(model, clips, support, query, torch.device("cpu"))
+        with torch.no_grad():
+            features = model.frame_features(torch.stack([clips.eval_clip(r) for r in support + query]))
+            similarity = model.head(features[len(support):], features[:len(support)])
+    assert classes == sorted(SHOTS) and scores.shape == (len(query), 3)
+    for c, name in enumerate(classes):
+        columns = [i for i, r in enumerate(support) if r.class_name == name]
+        assert len(columns) == SHOTS[name]
+        torch.testing.assert_close(scores[:, c], similarity[:, columns].mean(1))
+
+
+def test_equal_shots_give_the_episode_logits(setup, tmp_path):
+    config, model, _, support_root, queries = setup
+    for name in SHOTS:  # one shot per class: the model's own class-major episode forward
+        (tmp_path / name).mkdir()
+        shutil.copy(sorted((support_root / name).iterdir())[0], tmp_path / name)
+    support = support_records(tmp_path, config.frames)
+    query = [videos[0] for videos in queries.values()]
+    clips = EvalClips(config)
+    with one_thread():
+        _, scores = class_scores(model, clips, support, query, torch.device("cpu"))
+        with torch.no_grad():
+            logits = model(torch.stack([clips.eval_clip(r) for r in support]),
+                           torch.stack([clips.eval_clip(r) for r in query]), way=3)
+    torch.testing.assert_close(scores, logits)
+
+
+def test_cli_labels_videos_folders_and_frame_folders(setup, tmp_path, capsys):
+    config, _, checkpoint, support, queries = setup
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for record in queries["cross_right_to_left"]:
+        shutil.copy(record.path, folder / record.path.name)
+    frames = tmp_path / "as_frames"
+    frames.mkdir()
+    for t, image in enumerate(decode_video(queries["cross_left_to_right"][0].path)):
+        Image.fromarray(image).save(frames / f"img_{t + 1:05d}.jpg", quality=95)
+    single = queries["cross_left_right_left"][0].path
+    out = tmp_path / "predictions.json"
+    with one_thread():
+        assert main(["--checkpoint", str(checkpoint), "--support", str(support), "--query", str(folder),
+                     str(frames), str(single), str(single), "--json", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())["predictions"]
+    expected = sorted(folder.iterdir()) + [frames, single]  # folder expanded by name; a repeat once
+    assert [p["query"] for p in result] == [str(p) for p in expected]
+    for p in result:
+        probabilities = p["probabilities"]
+        assert list(probabilities) == sorted(SHOTS)
+        assert sum(probabilities.values()) == pytest.approx(1.0)
+        assert p["predicted"] == max(probabilities, key=probabilities.get)
+        assert f"| {p['query']} | {p['predicted']} | {probabilities[p['predicted']]:.3f} |" in printed
+
+
+def _run(args, capsys):
+    with one_thread():
+        code = main(args + ["--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def test_cli_names_bad_inputs(setup, tmp_path, capsys):
+    config, _, checkpoint, support, queries = setup
+    base = ["--checkpoint", str(checkpoint), "--support", str(support), "--query"]
+    video = str(queries["cross_right_to_left"][0].path)
+
+    code, err = _run(base + [str(tmp_path / "missing.mp4")], capsys)
+    assert code == 2 and "missing.mp4: no such file" in err
+    (tmp_path / "notes.txt").write_text("x")
+    code, err = _run(base + [str(tmp_path / "notes.txt")], capsys)
+    assert code == 2 and "not a video file" in err
+    (tmp_path / "empty").mkdir()
+    code, err = _run(base + [str(tmp_path / "empty")], capsys)
+    assert code == 2 and "no video files and no frame folders" in err
+
+    corrupt = tmp_path / "corrupt.webm"
+    corrupt.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(200))
+    code, err = _run(base + [str(corrupt)], capsys)
+    assert code == 2 and "corrupt.webm" in err and "unusable" in err
+    short = tmp_path / "short"
+    short.mkdir()
+    for t in range(config.frames - 1):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(short / f"img_{t:05d}.jpg")
+    code, err = _run(base + [str(short)], capsys)
+    assert code == 2 and f"too short ({config.frames - 1} frames" in err
+
+    one_class = tmp_path / "one_class"
+    shutil.copytree(support / "cross_left_to_right", one_class / "cross_left_to_right")
+    code, err = _run(["--checkpoint", str(checkpoint), "--support", str(one_class), "--query", video], capsys)
+    assert code == 2 and "at least two classes" in err
+    code, err = _run(["--checkpoint", str(checkpoint), "--support", str(tmp_path / "nope"), "--query", video],
+                     capsys)
+    assert code == 2 and "is not a directory" in err
+    code, err = _run(base + [video, "--json", str(tmp_path / "no_dir" / "p.json")], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_query_records_keep_order_and_drop_repeats(setup):
+    config, _, _, _, queries = setup
+    a, b = (r.path for r in queries["cross_right_to_left"][:2])
+    records = query_records([str(b), str(a), str(b)], config.frames)
+    assert [r.path for r in records] == [b, a]
