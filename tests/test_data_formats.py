@@ -402,6 +402,20 @@ def test_frame_folder_decoder(frame_root, tmp_path):
         dec.decode(broken, [1])
 
 
+def test_unpadded_frame_numbers_keep_temporal_order(frame_root, tmp_path):
+    """frame1.jpg ... frame10.jpg: sorted as text, frame10 would come second and scramble the clip."""
+    padded = frame_root / "class_1" / "vid2"
+    unpadded = tmp_path / "unpadded"
+    unpadded.mkdir()
+    for t, name in enumerate(sorted(os.listdir(padded))):
+        shutil.copy(padded / name, unpadded / f"frame{t + 1}.jpg")
+    assert formats.frame_files(unpadded)[:3] == ["frame1.jpg", "frame2.jpg", "frame3.jpg"]
+    assert formats.frame_files(unpadded)[-1] == f"frame{len(os.listdir(padded))}.jpg"
+    order = list(range(len(os.listdir(padded))))
+    dec = FrameFolderDecoder()
+    np.testing.assert_array_equal(dec.decode(unpadded, order), dec.decode(padded, order))
+
+
 # ---- python -m tap_fast.train on each layout ---------------------------------------------------
 def _train(root: Path, out: Path, *extra: str) -> int:
     from tap_fast.train import main

@@ -5,7 +5,7 @@ Two on-disk layouts, as the few-shot community shares them:
 * ``video-folders``: ``root/<class>/<video>.<ext>`` (mp4, webm, avi, mkv, ...).
 * ``frame-folders``: ``root/<class>/<video>/<frame>.jpg`` (frames extracted once, the usual way
   Kinetics-100 and Something-Something v2 are shared for TRX/OTAM-style work). Frames are taken
-  in sorted file-name order (img_00001.jpg, ...).
+  in file-name order with numbers compared as numbers (img_2.jpg before img_10.jpg).
 
 Which class goes to which split comes from split lists in ``split_dir`` (files whose names start
 with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``testlist03.txt`` or
@@ -299,8 +299,16 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
 
 
 def frame_files(folder: str | os.PathLike) -> list[str]:
-    """The frame images of a frame folder, in sorted name order (img_00001.jpg, ...)."""
-    return sorted(n for n in os.listdir(folder) if is_frame_file(n))
+    """The frame images of a frame folder in temporal order: names sorted with their numbers
+    compared as numbers, so img_2.jpg comes before img_10.jpg (zero-padded names sort as before)."""
+    return sorted((n for n in os.listdir(folder) if is_frame_file(n)), key=_natural_key)
+
+
+def _natural_key(name: str) -> tuple:
+    # unpadded frame numbers sorted as text would scramble the frame order, silently: TAP's whole
+    # signal; (0, number) / (1, text) pairs keep digit and text runs comparable with each other,
+    # and the name itself breaks ties (img_01 / img_1)
+    return [(0, int(run)) if run.isdigit() else (1, run) for run in re.split(r"(\d+)", name)], name
 
 
 # (type, first bytes, end marker, its name) per image type. A file cut short loses its end marker:

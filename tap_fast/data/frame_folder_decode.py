@@ -1,5 +1,5 @@
 """CPU decoder for frame folders (root/<class>/<video>/<frame>.jpg): a VideoDecoder whose
-"path" is the folder and whose frame i is the i-th image in sorted name order."""
+"path" is the folder and whose frame i is the i-th image in frame_files order (numbers in names compared as numbers)."""
 from __future__ import annotations
 
 import os
