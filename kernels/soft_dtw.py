@@ -11,6 +11,8 @@ import numbers
 
 import torch
 
+from .double_backward import SOFT_DTW_HINT, first_order_only
+
 try:  # importing the extension registers torch.ops.tap_fast.*
     from tap_fast import _C  # noqa: F401
     _IMPORT_ERROR = None
@@ -46,6 +48,7 @@ if _C is not None:
         ctx.save_for_backward(cost, output[1])
         ctx.gamma, ctx.variant = gamma, variant
 
+    @first_order_only("soft_dtw", SOFT_DTW_HINT)
     def _backward(ctx, grad_values, _grad_R):
         cost, R = ctx.saved_tensors
         if grad_values is None:
@@ -59,6 +62,8 @@ if _C is not None:
 
 
 def _has_kernel(device_type: str) -> bool:
+    if device_type == "meta":  # the fake kernels above give shapes
+        return True
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
         "tap_fast::soft_dtw_forward", key)
@@ -82,8 +87,8 @@ def _check(cost, gamma, variant):
         raise ValueError(f"soft_dtw: variant must be one of {_VARIANTS}, got {variant!r}")
     # The CPU kernel checks finiteness while it loads the costs (same ValueError). Other
     # devices: one cheap reduction (NaN propagates into min/max; a host sync on GPU);
-    # skipped while torch.compile traces.
-    if cost.device.type != "cpu" and not torch.compiler.is_compiling() and cost.numel() > 0:
+    # skipped while torch.compile traces, and for meta tensors (shapes only, no values).
+    if cost.device.type not in ("cpu", "meta") and not torch.compiler.is_compiling() and cost.numel() > 0:
         if not bool(torch.stack(torch.aminmax(cost.detach())).isfinite().all()):
             raise ValueError("soft_dtw: cost contains NaN or inf")
 

@@ -13,7 +13,7 @@ and give dU, dV, dcos and the grads of layers 2..L.
 
 Backends: "triton" (fused kernels, CUDA; CPU tensors only under TRITON_INTERPRET=1) for the paper's
 depth (3 hidden layers); "torch" (memory-bounded chunks, any device and depth).  "auto" picks
-triton for CUDA tensors with a supported depth, else torch.  The environment variable
+triton for CUDA tensors with a supported depth and dtype (not float64), else torch.  The environment variable
 TAP_FAST_BACKEND overrides "auto" (useful to force a path in tests or benches).
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .tap_torch import DEFAULT_BUDGET_BYTES, tap_p_torch, tap_pairs_torch
 __all__ = ["tap_scores", "tap_alignment", "resolve_backend"]
 
 _BACKENDS = ("auto", "torch", "triton")
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _triton_interpreting() -> bool:
@@ -53,8 +54,12 @@ def resolve_backend(x: torch.Tensor, widths: Sequence[int], backend: str = "auto
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if x.is_cuda and _fused_supports(widths) else "torch"
+        # float64 stays on the torch path: the fused kernels accumulate in fp32 (tl.dot has no fp64)
+        return "triton" if x.is_cuda and x.dtype in _FUSED_DTYPES and _fused_supports(widths) else "torch"
     if backend == "triton":
+        if x.dtype not in _FUSED_DTYPES:
+            raise ValueError(f"the fused Triton kernels compute in fp32, fp16 or bf16, got {x.dtype}; "
+                             "use backend='torch' (or 'auto') for float64")
         if not _fused_supports(widths):
             raise ValueError(
                 f"the fused Triton kernels support 3 hidden layers with H2, H3 <= 256 (widths {list(widths)}); "

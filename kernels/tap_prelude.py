@@ -21,6 +21,8 @@ import logging
 
 import torch
 
+from .double_backward import TAP_HINT, first_order_only
+
 __all__ = ["prelude", "wide_dtype"]
 
 _LOG = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ class _Prelude(torch.autograd.Function):
         return u.view(n_q, tq, -1), v.view(n_s, ts, -1), cos
 
     @staticmethod
+    @first_order_only("tap_scores / tap_alignment", TAP_HINT)  # the saved norms are constants here
     def backward(ctx, du, dv, dcos):
         x, y, w1, xn, x_denom, yn, y_denom = ctx.saved_tensors
         d = x.shape[-1]

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .double_backward import TAP_HINT, first_order_only
 from .tap_prelude import wide_dtype
 
 __all__ = ["DEFAULT_BUDGET_BYTES", "plan_chunk_rows", "chunk_activation_bytes", "tap_pairs_torch", "tap_p_torch"]
@@ -139,6 +140,7 @@ def _setup_context(ctx, inputs, output):
     ctx.n_layers, ctx.rows_per_chunk = len(weights), rows_per_chunk
 
 
+@first_order_only("tap_scores", TAP_HINT)
 def _backward_rule(ctx, grad_scores):
     u, v, cos, *params = ctx.saved_tensors
     weights, biases = params[:ctx.n_layers], params[ctx.n_layers:]

@@ -55,6 +55,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .double_backward import TAP_HINT, first_order_only
+
 __all__ = ["fused_supports_widths", "tap_pairs_triton", "tap_p_triton", "MAX_FUSED_WIDTH"]
 
 # h2 [BM, H2] and h3 [BM, H3] live in registers for the whole tile: cap their padded widths.
@@ -684,6 +686,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:9])
 
 
+@first_order_only("tap_scores", TAP_HINT)
 def _backward_rule(ctx, grad_scores, grad_p):
     # grad_p is ignored: P is an inspection output (tap_alignment runs without autograd).
     grads = torch.ops.tap_fast.tap_pairs_bwd(grad_scores, *ctx.saved_tensors)
@@ -708,6 +711,7 @@ class _TapPairsEager(torch.autograd.Function):
         return scores
 
     @staticmethod
+    @first_order_only("tap_scores", TAP_HINT)  # the kernels' gradients are not differentiable themselves
     def backward(ctx, grad_scores):
         return _backward(grad_scores, *ctx.saved_tensors)
 

@@ -169,6 +169,27 @@ def test_noncontiguous_and_empty_batch():
     assert soft_dtw(torch.zeros(0, 3, 3), 0.1).shape == (0,)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_second_derivatives_raise_instead_of_being_wrong(variant):
+    """A gradient penalty through soft_dtw: its backward op has no derivative of its own, which
+    PyTorch would treat as a constant (a warning, then wrong values)."""
+    theta = torch.rand(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    grad, = torch.autograd.grad(soft_dtw(theta ** 2, 0.1, variant).sum(), theta, create_graph=True)
+    expected, = torch.autograd.grad(soft_dtw_reference(theta ** 2, 0.1, variant).sum(), theta)
+    torch.testing.assert_close(grad.detach(), expected)  # the first derivative is still right
+    with pytest.raises(RuntimeError, match="soft_dtw: second derivatives .* not supported"):
+        torch.autograd.grad((grad ** 2).sum(), theta)
+
+
+def test_meta_tensors_give_shapes():
+    cost = torch.rand(2, 3, 4, device="meta", requires_grad=True)
+    for variant in VARIANTS:
+        out = soft_dtw(cost, 0.1, variant)
+        assert out.shape == (2,) and out.is_meta
+        out.sum().backward()
+        assert cost.grad.shape == cost.shape
+
+
 @pytest.mark.parametrize(
     "cost, gamma, variant, error, match",
     [

@@ -217,6 +217,38 @@ def test_tq_differs_from_ts_is_fine():
     assert tap_scores(x, y, ws, bs).shape == (2, 3)
 
 
+@pytest.mark.parametrize("hidden", [(), (5,), (5, 4, 3)])
+@pytest.mark.parametrize("output", ["scores", "S"])
+def test_second_derivatives_raise_instead_of_being_wrong(hidden, output):
+    """A gradient penalty (create_graph=True): the backward treats saved norms and recomputed
+    activations as constants, so a second derivative would be wrong; it must raise instead."""
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 4, hidden, dtype=torch.float64, seed=1, requires_grad=True)
+    out = tap_scores(x, y, ws, bs, backend="torch") if output == "scores" else tap_alignment(x, y, ws, bs)[1]
+    grad_x, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    ref = (tap_scores_reference(x, y, ws, bs) if output == "scores" else tap_alignment_reference(x, y, ws, bs)[1])
+    expected, = torch.autograd.grad(ref.sum(), x)
+    assert rel_err(grad_x.detach(), expected) < 1e-12  # first order unchanged
+    with pytest.raises(RuntimeError, match="second derivatives .* not supported"):
+        torch.autograd.grad((grad_x ** 2).sum(), ws[-1] if output == "scores" else y)
+
+
+def test_float64_stays_off_the_fused_kernels(monkeypatch):
+    """The fused kernels accumulate in fp32: auto sends float64 CUDA inputs to the torch path, and an
+    explicit backend='triton' says why it refuses them."""
+    from types import SimpleNamespace
+
+    from tap_fast.kernels import tap as tap_module
+
+    monkeypatch.setattr(tap_module, "_fused_supports", lambda widths: True)
+    monkeypatch.delenv("TAP_FAST_BACKEND", raising=False)
+    widths = (16, 8, 4)
+    assert tap_module.resolve_backend(SimpleNamespace(is_cuda=True, dtype=torch.float64), widths) == "torch"
+    assert tap_module.resolve_backend(SimpleNamespace(is_cuda=True, dtype=torch.float32), widths) == "triton"
+    with pytest.raises(ValueError, match="float64"):
+        tap_scores(*[t.double() if isinstance(t, torch.Tensor) else [w.double() for w in t] for t in _good()],
+                   backend="triton")
+
+
 def test_unknown_backend_rejected():
     with pytest.raises(ValueError, match="backend"):
         tap_scores(*_good(), backend="cuda")

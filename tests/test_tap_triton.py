@@ -178,6 +178,15 @@ def test_fused_op_under_torch_compile():
     assert max(rel_err(a, b) for a, b in zip(g1, g2)) <= 1e-6
 
 
+def test_fused_second_derivatives_raise():
+    """The kernels' backward recomputes activations as constants: a gradient penalty through the
+    fused op must raise, not return a partial second derivative."""
+    x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 5, (17, 9, 4), device=DEVICE, seed=6, requires_grad=True)
+    grad_w2, = torch.autograd.grad(tap_scores(x, y, ws, bs, backend="triton").sum(), ws[1], create_graph=True)
+    with pytest.raises(RuntimeError, match="tap_scores: second derivatives .* not supported"):
+        torch.autograd.grad((grad_w2 ** 2).sum(), ws[2])
+
+
 def test_fused_op_fake_dtypes_with_fp32_prelude():
     """fp16 inputs: the prelude's U, V are fp32 while the layers stay fp16; the fake kernel must give
     the real op's dtypes (scores and P in the layers' dtype), as opcheck verifies."""
