@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from tap_fast.atomic_write import write_text_atomic
 from tap_fast.checkpoint import load_checkpoint
-from tap_fast.config import TrainConfig
+from tap_fast.config import CHOICES, TrainConfig
 from tap_fast.data.build import episode_dataset, load_index
 from tap_fast.data.decode import as_decode_error
 from tap_fast.models import build_model
@@ -147,6 +147,10 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=_positive_int,
                         help="episodes per setting (default: the run's test_episodes)")
     parser.add_argument("--data-root", help="override the dataset location stored in the checkpoint")
+    parser.add_argument("--split-dir", help="split lists to use (default: the run's --split-dir if it had one, "
+                                            "else <data root>/splits when present, else the 64/12/24 class split)")
+    parser.add_argument("--bad-video-policy", choices=CHOICES["bad_video_policy"],
+                        help="fail on unusable videos, or skip them (default: the run's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
@@ -163,6 +167,18 @@ def main(argv=None) -> int:
             if not Path(args.data_root).is_dir():
                 raise ValueError(f"--data-root {args.data_root} is not a directory")
             config = config.replace(data_root=os.path.abspath(args.data_root))
+            if config.split_dir and not args.split_dir:  # say so: they may list another dataset's classes
+                print(f"evaluate: using the run's split lists {config.split_dir} (--split-dir to use others)",
+                      file=sys.stderr)
+        if args.split_dir:
+            if not Path(args.split_dir).is_dir():
+                raise ValueError(f"--split-dir {args.split_dir} is not a directory")
+            config = config.replace(split_dir=os.path.abspath(args.split_dir))
+        if args.bad_video_policy:
+            config = config.replace(bad_video_policy=args.bad_video_policy)
+        # an index cache that cannot go beside a read-only root goes beside the checkpoint, not into
+        # the training run's out_dir (which may have moved, or be relative to another directory)
+        config = config.replace(out_dir=str(Path(args.checkpoint).resolve().parent))
         index = load_index(config, progress=not args.no_progress)
         check_episodes_fit(config, index, args.split, args.shots or config.test_shots)
         results = test_report(model, config, index, device, args.split, args.shots, args.episodes,

@@ -118,3 +118,47 @@ def test_evaluate_needs_no_backbone_weights_file(data_root, tmp_path):
                         "config": config.replace(backbone_weights="gone/resnet50.pth").to_dict()}, tmp_path / "b.pt")
     loaded, _ = model_from_checkpoint(path, torch.device("cpu"))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_evaluate_on_another_root_with_its_own_split_lists(tmp_path, monkeypatch, capsys):
+    """A run trained with --split-dir, evaluated on another dataset: the run's lists are used unless
+    --split-dir names others (with a note saying so); the index cache of a read-only root goes
+    beside the checkpoint, never into the training run's old out_dir."""
+    import shutil
+
+    from test_data_formats import make_root
+
+    from tap_fast.checkpoint import save_atomic
+    from tap_fast.data import formats
+
+    first = make_root(tmp_path / "first", "frames", classes=6, videos=2)
+    first_lists = tmp_path / "first_lists"
+    first_lists.mkdir()
+    for split, classes in (("train", (0, 1)), ("val", (2, 3)), ("test", (4, 5))):
+        (first_lists / f"{split}list.txt").write_text("".join(f"class_{c}\n" for c in classes))
+    second = tmp_path / "second"
+    second_lists = second / "lists"
+    make_root(tmp_path / "made", "frames", classes=6, videos=2)
+    for c in range(6):
+        shutil.move(tmp_path / "made" / f"class_{c}", second / f"other_{c}")
+    second_lists.mkdir()
+    for split, classes in (("train", (0, 1)), ("val", (2, 3)), ("test", (4, 5))):
+        (second_lists / f"{split}list.txt").write_text("".join(f"other_{c}\n" for c in classes))
+
+    config = tiny_config(first, tmp_path / "old_run", dataset_format="auto", split_dir=str(first_lists), way=2)
+    torch.manual_seed(0)
+    run = tmp_path / "moved_run"
+    run.mkdir()
+    best = save_atomic({"model": build_model(config).state_dict(), "config": config.to_dict()}, run / "best.pt")
+    args = ["--checkpoint", str(best), "--episodes", "2", "--no-progress"]
+
+    assert evaluate_main(args + ["--data-root", str(second)]) == 2
+    err = capsys.readouterr().err
+    assert f"using the run's split lists {first_lists}" in err and "class_0" in err
+    assert evaluate_main(args + ["--data-root", str(second), "--split-dir", str(tmp_path / "nope")]) == 2
+    assert "--split-dir" in capsys.readouterr().err
+    monkeypatch.setattr(formats, "_writable_dir", lambda path: path != second)  # a read-only root
+    with one_thread():
+        assert evaluate_main(args + ["--data-root", str(second), "--split-dir", str(second_lists)]) == 0
+    assert "2-way 1-shot" in capsys.readouterr().out
+    assert list(run.glob("index-second-*.json")) and not (tmp_path / "old_run").exists()
