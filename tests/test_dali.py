@@ -17,7 +17,7 @@ from tap_fast.data.episodes import EpisodeDataset  # noqa: E402
 from tap_fast.data.formats import build_dataset_index  # noqa: E402
 from tap_fast.data.frame_folder_decode import FrameFolderDecoder  # noqa: E402
 from tap_fast.data.transforms import ClipTransform  # noqa: E402
-from test_data_formats import make_root  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_data_formats import _train, make_root, write_h264, write_splits  # noqa: E402  (tests/ on sys.path)
 
 # VP9 -> RGB: DALI and FFmpeg's swscale convert YUV 4:2:0 with different chroma upsampling and
 # rounding, so pixels differ by a few levels (measured: mean ~1, max ~10 on these clips).
@@ -116,6 +116,46 @@ def test_gpu_decoder_without_gpu_is_a_named_error(video_index):
         pytest.skip("a GPU is visible")
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         DaliEpisodeLoader(video_index, "train", range(1), device="gpu")
+
+
+def test_episode_loader_names_the_episode_videos_when_dali_fails(tmp_path):
+    """DALI's CPU decoder cannot read H.264 and its error names no file ("memory file")."""
+    root = make_root(tmp_path / "d", "video", classes=3, videos=2, frames=12)
+    odd = write_h264(root / "class_1" / "odd.mp4")
+    index = build_dataset_index(root).index
+    loader = DaliEpisodeLoader(index, index.split_of("class_1"), range(8), way=1, shot=1, query=1, frames=4, crop=24)
+    episodes = [[str(r.path) for r in list(ep.support) + list(ep.query)]
+                for ep in map(loader.sampler.sample, range(8))]
+    first = next(k for k, paths in enumerate(episodes) if str(odd) in paths)
+    seen = []
+    with pytest.raises(VideoDecodeError) as err:
+        for batch in loader:
+            seen.append(batch["episode"])
+    assert seen == list(range(first))
+    assert err.value.path == f"(one of: {', '.join(dict.fromkeys(episodes[first]))})"
+    assert err.value.reason.startswith(f"DALI (cpu) failed on episode {first}: ")
+    assert "Failed to create video decoder" in err.value.reason and "\n" not in str(err.value)
+
+
+def test_train_keeps_last_pt_when_dali_fails_mid_run(tmp_path, monkeypatch, capsys):
+    """A DALI failure at the third training episode: one-line error naming its videos, last.pt kept."""
+    root = make_root(tmp_path / "d", "video", classes=6, videos=3)
+    write_splits(root, "video")
+    h264 = np.frombuffer(write_h264(tmp_path / "odd.mp4").read_bytes(), np.uint8)
+    source = DaliEpisodeLoader._source
+
+    def failing_source(self, iteration):
+        out = source(self, iteration)
+        if iteration == 2:
+            out[0][0] = h264  # bytes DALI's CPU decoder cannot read
+        return out
+
+    monkeypatch.setattr(DaliEpisodeLoader, "_source", failing_source)
+    assert _train(root, tmp_path / "run", "--decoder", "dali-cpu", "--episodes", "4", "--val-every", "4") == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    assert "cannot decode video (one of: " in line and "DALI (cpu) failed on episode 2" in line
+    assert "last.pt saved at episode 2" in line and (tmp_path / "run" / "last.pt").is_file()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")

@@ -13,9 +13,10 @@ from tap_fast.data import formats
 from tap_fast.data.decode import FrameIndexError, VideoDecodeError, decode_video
 from tap_fast.data.formats import (
     BadVideoError, SplitListError, build_dataset_index, default_class_split, detect_format, parse_split_line,
-    read_split_lists,
+    Item, assign_splits, read_split_lists,
 )
 from tap_fast.data.frame_folder_decode import FrameFolderDecoder
+from tap_fast.data.index import DatasetIndex
 
 FRAMES = 10
 
@@ -462,10 +463,10 @@ def test_choose_decoder(video_root, frame_root, monkeypatch):
     monkeypatch.setattr(sd, "CACHE_FITS_BYTES", 0)
     name, reason = sd.choose_decoder("auto", videos, cuda=False)
     assert name == "dali-cpu" and "vp9" in reason
-    monkeypatch.setattr(sd, "probe_codecs", lambda index: {"h264"})
-    assert sd.choose_decoder("auto", videos, cuda=False)[0] == "pyav"
+    h264 = DatasetIndex(videos.records(), codecs={"h264"})
+    assert sd.choose_decoder("auto", h264, cuda=False)[0] == "pyav"
     with pytest.raises(ValueError, match="dali-cpu reads only .* this dataset has \\['h264'\\]"):
-        sd.choose_decoder("dali-cpu", videos, cuda=False)
+        sd.choose_decoder("dali-cpu", h264, cuda=False)
     with pytest.raises(ValueError, match="dali-gpu needs a CUDA GPU"):
         sd.choose_decoder("dali-gpu", videos, cuda=False)
     with pytest.raises(ValueError, match="pil reads frame folders"):
@@ -477,3 +478,99 @@ def test_choose_decoder(video_root, frame_root, monkeypatch):
     monkeypatch.setattr(sd, "dali_version", lambda: None)
     with pytest.raises(ValueError, match="needs NVIDIA DALI"):
         sd.choose_decoder("dali-cpu", frames, cuda=False)
+
+
+def test_decoder_choice_sees_every_videos_codec(tmp_path, monkeypatch):
+    """An H.264 file after the first three videos of its split: DALI's CPU decoder cannot read it,
+    so auto must not pick dali-cpu and a forced dali-cpu is refused before training."""
+    from types import SimpleNamespace
+
+    from tap_fast.data import select_decoder as sd
+    from tap_fast.data.build import load_index
+
+    root = make_root(tmp_path / "d", "video", classes=6, videos=3)
+    write_h264(root / "class_0" / "zz_late.mp4")  # sorts last in its class
+    config = SimpleNamespace(dataset_format="auto", data_root=str(root), split_dir=None, frames=4,
+                             out_dir=str(tmp_path / "out"), preset="kinetics100")
+    index = load_index(config, progress=False)
+    assert index.codecs == {"vp9", "h264"}
+    assert "h264" not in sd.probe_codecs(index)  # what the choice saw before: the first 3 per split
+    monkeypatch.setattr(sd, "dali_version", lambda: "9.9")
+    monkeypatch.setattr(sd, "CACHE_FITS_BYTES", 0)  # a set too big for the in-memory cache
+    assert sd.choose_decoder("auto", index, cuda=False)[0] == "pyav"
+    with pytest.raises(ValueError, match=r"dali-cpu reads only .* this dataset has \['h264', 'vp9'\]"):
+        sd.choose_decoder("dali-cpu", index, cuda=False)
+    # an index without codecs (the synthetic set, a loaded index.jsonl) still has a few probed
+    bare = DatasetIndex(index.records())
+    assert bare.codecs is None and sd.choose_decoder("auto", bare, cuda=False)[0] == "dali-cpu"
+
+
+# ---- names on disk ------------------------------------------------------------------------------
+def test_hidden_and_os_junk_entries_are_skipped(tmp_path):
+    videos = make_root(tmp_path / "v", "video", classes=3, videos=2)
+    (videos / "class_0" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + b"\0" * 100)
+    (videos / "class_1" / "._vid0.webm").write_bytes(b"\x00\x05\x16\x07Mac OS X" + b"\0" * 4000)  # AppleDouble
+    (videos / "class_2" / ".ipynb_checkpoints").mkdir()
+    (videos / "class_0" / "a_folder").mkdir()  # sorts first; holds no frames, only macOS junk
+    (videos / "class_0" / "a_folder" / "._img_00001.jpg").write_bytes(b"\0" * 100)
+    assert detect_format(videos) == "video-folders"
+    index = build_dataset_index(videos).index  # the junk would be an unreadable video
+    assert sorted(r.path.name for r in index) == ["vid0.webm"] * 3 + ["vid1.webm"] * 3
+
+    frames = make_root(tmp_path / "f", "frames", classes=3, videos=2)
+    (frames / "class_0" / "._vid0.mp4").write_bytes(b"\0" * 100)  # sorts first: not a video-folders root
+    (frames / "class_1" / ".ipynb_checkpoints").mkdir()
+    (frames / "class_2" / "vid0" / "._img_00001.jpg").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 100)
+    assert detect_format(frames) == "frame-folders"
+    index = build_dataset_index(frames).index  # the hidden folder would be an empty frame folder
+    assert sorted(r.path.name for r in index) == ["vid0"] * 3 + ["vid1"] * 3
+    assert formats.frame_files(frames / "class_2" / "vid0")[0] == "img_00001.jpg"
+    assert index.videos("class_2")[0].num_frames == FRAMES
+
+
+def test_broken_symlink_is_reported_by_name(tmp_path):
+    root = make_root(tmp_path / "d", "video", classes=3, videos=2)
+    link = root / "class_1" / "moved.webm"
+    link.symlink_to(tmp_path / "elsewhere" / "moved.webm")
+    with pytest.raises(BadVideoError) as err:
+        build_dataset_index(root)
+    assert err.value.problems == [(str(link), f"broken symbolic link (its target {tmp_path}/elsewhere/moved.webm "
+                                              "does not exist)")]
+    assert len(build_dataset_index(root, policy="skip").index) == 6
+    assert formats.probe_video(root / "class_1" / "gone.webm")[2] == "missing (no such file)"
+
+
+def test_split_list_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "train.txt").write_bytes("\ufeffc1/vid0\nc1/vid1\n".encode("utf-8"))
+    (tmp_path / "val.txt").write_bytes("\ufeffc2\n".encode("utf-8"))
+    (tmp_path / "test.txt").write_text("c3\n")
+    lists = read_split_lists(tmp_path)
+    assert lists["train"] == [("c1", "vid0"), ("c1", "vid1")] and lists["val"] == [("c2", None)]
+
+
+@pytest.mark.parametrize("on_disk, listed", [
+    ("a/vid0", "a/vid0.mp4"),  # frames extracted from the listed video
+    ("a/v0.MP4", "a/v0.mp4"),
+    ("a/v0.mp4", "a/v0.avi"),  # transcoded
+    ("a/v0.mp4", "a/v0"),
+    ("a/v0.mp4", "a/v0.mp4"),
+])
+def test_split_entries_match_by_name_without_extension(tmp_path, on_disk, listed):
+    (tmp_path / "train.txt").write_text(listed + "\n")
+    (tmp_path / "val.txt").write_text("v\n")
+    (tmp_path / "test.txt").write_text("t\n")
+    items, problems = assign_splits([Item(on_disk, "a"), Item("v/x", "v"), Item("t/y", "t")], tmp_path)
+    assert problems == [] and Item(on_disk, "a", "train") in items
+
+
+def test_split_entry_matching_two_videos_is_reported(tmp_path):
+    (tmp_path / "train.txt").write_text("a/v0\na/v1.mp4\na/v1.webm\n")
+    (tmp_path / "val.txt").write_text("v\n")
+    (tmp_path / "test.txt").write_text("t\n")
+    on_disk = [Item("a/v0.avi", "a"), Item("a/v0.mp4", "a"), Item("a/v1.mp4", "a"), Item("a/v1.webm", "a"),
+               Item("v/x", "v"), Item("t/y", "t")]
+    items, problems = assign_splits(on_disk, tmp_path)
+    assert problems == [("a/v0", "listed in the train split list, matches several videos (a/v0.avi, a/v0.mp4): "
+                                 "list the full name or remove one")]
+    # full names are exact matches, whatever else shares the stem
+    assert [it.rel for it in items if it.split == "train"] == ["a/v1.mp4", "a/v1.webm"]

@@ -83,3 +83,10 @@ def test_saved_index_is_readable_by_the_others_sharing_the_dataset(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # written by atomic_write, not mkstemp's 0600
+
+
+def test_codecs_travel_with_the_index_but_not_its_file(tmp_path):
+    assert DatasetIndex(_records(tmp_path)).codecs is None  # unknown: the decoder choice probes a few
+    idx = DatasetIndex(_records(tmp_path), codecs=["vp9", "h264", "vp9"])
+    assert idx.codecs == frozenset({"vp9", "h264"})
+    assert DatasetIndex.load(idx.save(tmp_path / "index.jsonl")).codecs is None

@@ -2,7 +2,8 @@
 
     load_index(config)            synthetic set (generated on first use), or a real root in the
                                   video-folders / frame-folders layout (formats.py), scanned once,
-                                  cached and validated
+                                  cached and validated (its index carries every video's codec,
+                                  for the decoder choice)
     episode_loader(config, ...)   an iterable of episode dicts (see EpisodeDataset): a torch
                                   DataLoader over EpisodeDataset (pyav / pil decoders), or a
                                   DaliEpisodeLoader (dali-cpu / dali-gpu), per select_decoder.py

@@ -13,7 +13,8 @@ centre in test), optionally mirrors, normalises with the ImageNet mean/std and r
 [B, T, 3, crop, crop] torch tensors through DALI's PyTorch plugin (on the GPU for "gpu").
 DALI runs the source callback ahead of the consumer (prefetch_queue_depth), so decoding the
 next episodes overlaps the training step. num_shards/shard_id give each DDP rank every
-num_shards-th episode.
+num_shards-th episode. DALI's decode errors name no file: a pipeline failure is raised as a
+VideoDecodeError naming the failing episode's videos (train stops on it, keeping last.pt).
 
 GPU paths ("mixed" video and image decoding) are written to DALI's documented API but have not
 been run on a GPU in this project yet; the CPU paths are tested (tests/test_dali.py).
@@ -26,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .decode import FrameIndexError, VideoDecodeError
 from .index import DatasetIndex
 from .sampling import STREAM_FRAMES, STREAM_TRANSFORM, EpisodeSampler, episode_rng, tsn_frame_indices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -143,8 +145,6 @@ class DaliEpisodeLoader:
         for path, idx, x, y, m in clips:
             names = frame_files(path)
             if idx.max() >= len(names):
-                from .decode import FrameIndexError
-
                 raise FrameIndexError(path, int(idx.max()), len(names))
             for i in idx:
                 encoded.append(_read_bytes(os.path.join(path, names[i])))
@@ -162,7 +162,15 @@ class DaliEpisodeLoader:
         it = DALIGenericIterator([pipe], ["clips"], auto_reset=False, last_batch_policy=LastBatchPolicy.PARTIAL,
                                  prepare_first_batch=False)
         try:
-            for n, out in enumerate(it):
+            for n in range(len(self.episodes)):
+                try:
+                    out = next(it)
+                except StopIteration:
+                    return
+                except VideoDecodeError:
+                    raise
+                except RuntimeError as e:  # DALI's error names no file ("memory file"): name the episode's
+                    raise self._pipeline_error(self.episodes[n], e) from e
                 clips = out[0]["clips"]
                 if self.kind == "frames":
                     clips = clips.reshape(self.clips, self.frames, *clips.shape[1:])
@@ -178,6 +186,17 @@ class DaliEpisodeLoader:
                 }
         finally:
             del it, pipe
+
+    def _pipeline_error(self, k: int, error: Exception) -> VideoDecodeError:
+        """A VideoDecodeError naming episode k's videos (one of them failed) and DALI's reason,
+        so that training stops with its one-line error and keeps last.pt."""
+        ep = self.sampler.sample(k)
+        paths = dict.fromkeys(str(r.path) for r in list(ep.support) + list(ep.query))
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        # DALI's reason follows "encountered:"; its first line ("Critical error in pipeline") says less
+        detail = lines[lines.index("encountered:") + 1] if "encountered:" in lines[:-1] else lines[0]
+        return VideoDecodeError(f"(one of: {', '.join(paths)})",
+                                f"DALI ({self.device}) failed on episode {k}: {detail}")
 
 
 class DaliVideoDecoder:
@@ -210,8 +229,6 @@ class DaliVideoDecoder:
         self._pipe.build()
 
     def decode(self, path, indices) -> np.ndarray:
-        from .decode import FrameIndexError, VideoDecodeError
-
         if not os.path.isfile(path):
             raise FileNotFoundError(f"video file not found: {path}")
         idx = np.asarray(indices)

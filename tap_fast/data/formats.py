@@ -7,23 +7,30 @@ Two on-disk layouts, as the few-shot community shares them:
   Kinetics-100 and Something-Something v2 are shared for TRX/OTAM-style work). Frames are taken
   in file-name order with numbers compared as numbers (img_2.jpg before img_10.jpg).
 
+Names starting with "." are skipped at every level (.DS_Store, macOS ``._v0.mp4`` AppleDouble
+files, ``.ipynb_checkpoints/``).
+
 Which class goes to which split comes from split lists in ``split_dir`` (files whose names start
 with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``testlist03.txt`` or
 ``train.txt``), each line one of:
 
-* ``class/video`` (CMN / TRX lists; an extension on ``video`` is optional),
+* ``class/video`` (CMN / TRX lists; an extension on ``video`` is optional and need not be the
+  file's: ``a/v0.mp4`` finds ``v0.MP4``, a transcoded ``v0.webm`` or a frame folder ``v0``; an
+  entry matching two videos, ``v0.mp4`` and ``v0.avi``, is reported, not guessed),
 * ``path [num_frames] label`` (OTAM/TSM-style annotation lines, whitespace separated; ``path`` is
   ``class/video`` or a bare video id, whose class is then ``label``),
 * ``class`` alone (a list of class names; every video of the class is in that split).
 
-A class may appear in one split's list only (few-shot splits are disjoint by class).
+A class may appear in one split's list only (few-shot splits are disjoint by class). A UTF-8
+byte-order mark at the start of a list is ignored.
 Without split lists the classes are split 64/12/24 (the CMN / OTAM proportion) by a fixed seed.
 
 Probing a file (frame count, decodability) is the slow part, so the results are cached per file
 (keyed by size and mtime) in ``root/.tap_fast_index.json``, written atomically; a read-only root
-falls back to ``cache_dir``. Problems (missing, unreadable, empty, truncated, too short) are
-reported by name (for frame folders: the first bad frame, every frame's first and last bytes
-checked); ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
+falls back to ``cache_dir``. Problems (missing or a broken symlink, unreadable, empty, truncated,
+too short) are reported by name (for frame folders: the first bad frame, every frame's first and
+last bytes checked); ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
+The index carries the codec of every usable video (DatasetIndex.codecs) for the decoder choice.
 """
 from __future__ import annotations
 
@@ -97,30 +104,43 @@ def is_video_file(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
+def _visible(names):
+    """Names not starting with ".": hidden and OS junk (.DS_Store, macOS ._v0.mp4 AppleDouble
+    files, .ipynb_checkpoints/) would otherwise be taken for videos, frames or frame folders."""
+    return [n for n in names if not n.startswith(".")]
+
+
+def _entries(folder: Path) -> list[Path]:
+    return [folder / n for n in sorted(_visible(os.listdir(folder)))]
+
+
 def detect_format(root: str | os.PathLike) -> str:
     """"video-folders" or "frame-folders", from the first class folder that has content."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for entry in sorted(class_dir.iterdir()):
+    for class_dir in (p for p in _entries(root) if p.is_dir()):
+        for entry in _entries(class_dir):
             if entry.is_file() and is_video_file(entry.name):
                 return "video-folders"
-            if entry.is_dir() and any(is_frame_file(n) for n in os.listdir(entry)):
+            if entry.is_dir() and frame_files(entry):
                 return "frame-folders"
     raise ValueError(f"{root}: found neither root/<class>/<video>.<ext> ({', '.join(VIDEO_EXTENSIONS)}) "
                      f"nor root/<class>/<video>/<frame>.jpg; is --data-root the dataset's top folder?")
 
 
 def scan_layout(root: str | os.PathLike, fmt: str) -> list[Item]:
-    """Every video under root/<class>/ in the given layout, sorted by class then name."""
+    """Every video under root/<class>/ in the given layout, sorted by class then name; names
+    starting with "." are skipped. A broken symlink named like a video is kept, so that probing
+    reports it by name instead of the video silently going missing."""
     if fmt not in FORMATS:
         raise ValueError(f"dataset format {fmt!r} is not one of {FORMATS}")
     root = Path(root)
     items = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for entry in sorted(class_dir.iterdir(), key=lambda p: p.name):
-            if fmt == "video-folders" and entry.is_file() and is_video_file(entry.name):
+    for class_dir in (p for p in _entries(root) if p.is_dir()):
+        for entry in _entries(class_dir):
+            if (fmt == "video-folders" and is_video_file(entry.name)
+                    and (entry.is_file() or (entry.is_symlink() and not entry.exists()))):
                 items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
             elif fmt == "frame-folders" and entry.is_dir():
                 items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
@@ -191,7 +211,8 @@ def read_split_lists(split_dir: str | os.PathLike) -> dict[str, list[tuple[str, 
     first_seen: dict[str, tuple[Path, int]] = {}  # class -> (list file, line) that first named it
     for split, path in find_split_files(split_dir).items():
         entries = []
-        for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        # utf-8-sig: a byte-order mark (Windows editors add one) would stick to the first entry
+        for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
             cls, video = parse_split_line(raw)
@@ -226,36 +247,53 @@ def default_class_split(classes: list[str], seed: int = 0, ratios=CLASS_SPLIT) -
     return split_of
 
 
+def _stem(name: str) -> str:
+    """A video name without its video extension (any case); a frame folder's name as it is."""
+    return os.path.splitext(name)[0] if is_video_file(name) else name
+
+
 def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
                   seed: int = 0) -> tuple[list[Item], list[tuple[str, str]]]:
-    """Items with their split set, plus (path, reason) for split-list entries not on disk.
+    """Items with their split set, plus (path, reason) for split-list entries not on disk or
+    matching several videos.
 
     With lists, only the listed videos are used; without, every video is, by class split.
+    An entry names a video by its full name or by its name without the video extension
+    (``a/v0.mp4`` finds ``v0.MP4``, a transcoded ``v0.webm`` or a frame folder ``v0``).
     """
     if split_dir is None:
         split_of = default_class_split([it.class_name for it in items], seed)
         return [Item(it.rel, it.class_name, split_of[it.class_name]) for it in items], []
     lists = read_split_lists(split_dir)
     by_class: dict[str, list[Item]] = {}
-    by_video: dict[tuple[str, str], Item] = {}
+    by_name: dict[tuple[str, str], Item] = {}
+    by_stem: dict[tuple[str, str], list[Item]] = {}
     for it in items:
         by_class.setdefault(it.class_name, []).append(it)
         name = it.rel.rsplit("/", 1)[-1]
-        by_video[(it.class_name, name)] = it
-        by_video.setdefault((it.class_name, os.path.splitext(name)[0]), it)
-    out, missing, seen = [], [], set()
+        by_name[(it.class_name, name)] = it
+        by_stem.setdefault((it.class_name, _stem(name)), []).append(it)
+    out, problems, seen = [], [], set()
     for split, entries in lists.items():
         for cls, video in entries:
-            found = by_class.get(cls, []) if video is None else [by_video.get((cls, video))]
-            if not found or found == [None]:
-                missing.append((f"{cls}/{video}" if video else f"{cls}/", "listed in the "
-                                f"{split} split list but not found under the root"))
+            if video is None:
+                found = by_class.get(cls, [])
+            else:
+                exact = by_name.get((cls, video))
+                found = [exact] if exact else by_stem.get((cls, _stem(video)), [])
+            if not found:
+                problems.append((f"{cls}/{video}" if video else f"{cls}/", "listed in the "
+                                 f"{split} split list but not found under the root"))
+                continue
+            if video is not None and len(found) > 1:  # v0.mp4 and v0.avi: which one was meant is unknown
+                problems.append((f"{cls}/{video}", f"listed in the {split} split list, matches several videos "
+                                 f"({', '.join(it.rel for it in found)}): list the full name or remove one"))
                 continue
             for it in found:
                 if it.rel not in seen:
                     seen.add(it.rel)
                     out.append(Item(it.rel, it.class_name, split))
-    return out, missing
+    return out, problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +309,10 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
     import av
 
     path = Path(path)
+    if not path.exists():  # stat() would fail: say what is wrong with the name, not an errno
+        if path.is_symlink():
+            return 0, None, f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return 0, None, "missing (no such file)"
     try:
         if path.stat().st_size == 0:
             return 0, None, "empty file (0 bytes)"
@@ -300,8 +342,9 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
 
 def frame_files(folder: str | os.PathLike) -> list[str]:
     """The frame images of a frame folder in temporal order: names sorted with their numbers
-    compared as numbers, so img_2.jpg comes before img_10.jpg (zero-padded names sort as before)."""
-    return sorted((n for n in os.listdir(folder) if is_frame_file(n)), key=_natural_key)
+    compared as numbers, so img_2.jpg comes before img_10.jpg (zero-padded names sort as before);
+    names starting with "." (macOS ._img_00001.jpg) are not frames."""
+    return sorted((n for n in _visible(os.listdir(folder)) if is_frame_file(n)), key=_natural_key)
 
 
 def _natural_key(name: str) -> tuple:
@@ -393,6 +436,9 @@ def _save_cache(path: Path, fmt: str, entries: dict) -> None:
 
 
 def _signature(path: Path) -> list[int]:
+    if not path.exists():  # a broken symlink: the link itself, so replacing it means a new probe
+        st = path.lstat()
+        return [-1, st.st_mtime_ns]
     st = path.stat()
     if path.is_dir():  # a frame folder changes when files are added or removed
         return [len(os.listdir(path)), st.st_mtime_ns]
@@ -474,7 +520,7 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
               f"{problems[0][0]}: {problems[0][1]}", file=sys.stderr, flush=True)
     if not records:
         raise ValueError(f"{root}: no usable videos")
-    return IndexReport(DatasetIndex(records), codecs, problems, cache_file)
+    return IndexReport(DatasetIndex(records, codecs=codecs), codecs, problems, cache_file)
 
 
 def check_class_counts(index: DatasetIndex, preset: str) -> str | None:

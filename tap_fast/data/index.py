@@ -38,10 +38,15 @@ class DatasetIndex:
     Invariants checked on construction (IndexFormatError otherwise): split names in
     SPLITS, num_frames >= 1, non-empty class names, no duplicate paths, and every class
     belongs to exactly one split (few-shot splits are disjoint by class).
+
+    codecs: the codec names of every video (FFmpeg's, "jpeg" for frame folders) when the index
+    was built by probing each one (formats.build_dataset_index), else None; the decoder choice
+    uses it. Not saved with the index.
     """
 
-    def __init__(self, records: Iterable[VideoRecord]):
+    def __init__(self, records: Iterable[VideoRecord], codecs: Iterable[str] | None = None):
         self._records: tuple[VideoRecord, ...] = tuple(records)
+        self.codecs = frozenset(codecs) if codecs is not None else None
         self._by_class: "OrderedDict[str, list[VideoRecord]]" = OrderedDict()
         class_split: dict[str, str] = {}
         seen_paths: set[Path] = set()

@@ -8,8 +8,9 @@
 
 auto: dali-gpu when a GPU and DALI are there; otherwise, for videos, pyav when the whole set
 decoded fits in memory (<= 1 GiB, e.g. the synthetic set: decoded once, then served from the
-cache), else dali-cpu when every probed video's codec is one DALI's CPU decoder reads, else pyav;
-for frame folders, pil.
+cache), else dali-cpu when every video's codec is one DALI's CPU decoder reads, else pyav;
+for frame folders, pil. The codecs are those the index recorded for every video (a real root);
+an index without them (the synthetic set) has the first few videos of each split probed.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def dataset_kind(index: DatasetIndex) -> str:
 
 
 def probe_codecs(index: DatasetIndex, per_split: int = 3) -> set[str]:
-    """Codec names (FFmpeg's) of the first few videos of each split."""
+    """Codec names (FFmpeg's) of the first few videos of each split: the fallback for an index
+    that does not carry every video's codec (index.codecs is None)."""
     import av
 
     codecs = set()
@@ -70,7 +72,10 @@ def choose_decoder(requested: str, index: DatasetIndex, cuda: bool | None = None
     cuda = torch.cuda.is_available() if cuda is None else cuda
     dali = dali_version()
     kind = dataset_kind(index)
-    codecs = probe_codecs(index) if kind == "video" else {"jpeg"}
+    if kind == "frames":
+        codecs = {"jpeg"}
+    else:  # every video's codec when the index has them: one odd file makes DALI's CPU decoder fail mid-run
+        codecs = set(index.codecs) if index.codecs is not None else probe_codecs(index)
     dali_cpu_ok = kind == "frames" or codecs <= DALI_CPU_VIDEO_CODECS
     if requested == "auto":
         if cuda and dali:
