@@ -92,6 +92,9 @@ def test_detect_format(video_root, frame_root, tmp_path):
     ("class_4/vid0 4", ("class_4", "vid0")),
     ("12345 37 17", ("17", "12345")),
     ("air drumming", ("air drumming", None)),
+    ("air drumming/-VtLx-mcPds_000012 250 3", ("air drumming", "-VtLx-mcPds_000012")),
+    ("air drumming/-VtLx-mcPds_000012 3", ("air drumming", "-VtLx-mcPds_000012")),
+    ("air drumming\\clip_1.mp4", ("air drumming", "clip_1.mp4")),
 ])
 def test_parse_split_line(line, expected):
     assert parse_split_line(line) == expected

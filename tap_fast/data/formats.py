@@ -18,7 +18,7 @@ with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``te
   file's: ``a/v0.mp4`` finds ``v0.MP4``, a transcoded ``v0.webm`` or a frame folder ``v0``; an
   entry matching two videos, ``v0.mp4`` and ``v0.avi``, is reported, not guessed),
 * ``path [num_frames] label`` (OTAM/TSM-style annotation lines, whitespace separated; ``path`` is
-  ``class/video`` or a bare video id, whose class is then ``label``),
+  ``class/video`` (spaces allowed) or a bare video id, whose class is then ``label``),
 * ``class`` alone (a list of class names; every video of the class is in that split).
 
 A class may appear in one split's list only (few-shot splits are disjoint by class). A UTF-8
@@ -26,7 +26,8 @@ byte-order mark at the start of a list is ignored.
 Without split lists the classes are split 64/12/24 (the CMN / OTAM proportion) by a fixed seed.
 
 Probing a file (frame count, decodability) is the slow part, so the results are cached per file
-(keyed by size and mtime) in ``root/.tap_fast_index.json``, written atomically; a read-only root
+(keyed by size and mtime; a frame folder by its file count and mtime, which editing a frame in
+place does not change) in ``root/.tap_fast_index.json``, written atomically; a read-only root
 falls back to ``cache_dir``. Problems (missing or a broken symlink, unreadable, empty, truncated,
 too short) are reported by name (for frame folders: the first bad frame, every frame's first and
 last bytes checked); ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
@@ -64,7 +65,8 @@ PRESET_CLASS_COUNTS = {
     "hmdb51": (31, 10, 10),
 }
 
-_ANNOTATION_LINE = re.compile(r"^(?P<path>\S+)\s+(?:(?P<frames>\d+)\s+)?(?P<label>\d+)$")
+# path may hold spaces (Kinetics class names: "air drumming/x1 12"): the numbers at the end split it off
+_ANNOTATION_LINE = re.compile(r"^(?P<path>.+?)\s+(?:(?P<frames>\d+)\s+)?(?P<label>\d+)$")
 
 
 class BadVideoError(ValueError):
@@ -187,7 +189,7 @@ def find_split_files(split_dir: str | os.PathLike) -> dict[str, Path]:
 
 def parse_split_line(line: str) -> tuple[str, str | None]:
     """One split-list line -> (class, video or None for a class-name line). See the module doc."""
-    line = line.strip()
+    line = line.strip().replace("\\", "/")  # lists written on Windows
     m = _ANNOTATION_LINE.match(line)
     if m:
         path = m.group("path").strip("/")
