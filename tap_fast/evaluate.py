@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = parser.parse_args(argv)
 
-    try:
+    def work():
         device = pick_device(args.device)
         if args.json:  # a bad path fails now, not after the whole meta-test
             check_json_path(args.json)
@@ -181,21 +181,33 @@ def main(argv=None) -> int:
         config = config.replace(out_dir=str(Path(args.checkpoint).resolve().parent))
         index = load_index(config, progress=not args.no_progress)
         check_episodes_fit(config, index, args.split, args.shots or config.test_shots)
-        results = test_report(model, config, index, device, args.split, args.shots, args.episodes,
-                              progress=not args.no_progress)
+        return config, test_report(model, config, index, device, args.split, args.shots, args.episodes,
+                                   progress=not args.no_progress)
+
+    outcome, code = run_reporting_errors(work)
+    if code:
+        return code
+    config, results = outcome
+    print(format_report(results, config.head))
+    if args.json:
+        write_text_atomic(args.json, json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
+    return 0
+
+
+def run_reporting_errors(work):
+    """(work(), 0), or (None, exit code) after a one-line error: 2 for a bad input (ValueError,
+    FileNotFoundError), 1 for a video that cannot be decoded; anything else propagates."""
+    try:
+        return work(), 0
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return None, 2
     except Exception as error:
         decode_error = as_decode_error(error)
         if decode_error is None:
             raise
         print(f"error: {decode_error}; replace or remove the video", file=sys.stderr)
-        return 1
-    print(format_report(results, config.head))
-    if args.json:
-        write_text_atomic(args.json, json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
-    return 0
+        return None, 1
 
 
 def check_json_path(path: str) -> None:

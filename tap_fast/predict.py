@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 
 from tap_fast.atomic_write import write_text_atomic
-from tap_fast.data.decode import PyAVDecoder, as_decode_error
+from tap_fast.data.decode import PyAVDecoder
 from tap_fast.data.formats import (BadVideoError, detect_format, frame_files, is_video_file,
                                    probe_frame_folder, probe_items, probe_video, scan_layout)
 from tap_fast.data.frame_folder_decode import FrameFolderDecoder
 from tap_fast.data.index import VideoRecord
 from tap_fast.data.sampling import tsn_frame_indices
 from tap_fast.data.transforms import ClipTransform
-from tap_fast.evaluate import VideoFeatureCache, check_json_path, model_from_checkpoint, pick_device
+from tap_fast.evaluate import (VideoFeatureCache, check_json_path, model_from_checkpoint, pick_device,
+                               run_reporting_errors)
 
 
 @dataclass(frozen=True)
@@ -169,21 +170,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write every class's probability per query to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = parser.parse_args(argv)
-    try:
+    def work():
         device = pick_device(args.device)
-        if args.json:
+        if args.json:  # a bad path fails now, not after the features
             check_json_path(args.json)
         model, config = model_from_checkpoint(args.checkpoint, device)
-        predictions = predict(model, config, args.support, args.query, device, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        decode_error = as_decode_error(error)
-        if decode_error is None:
-            raise
-        print(f"error: {decode_error}; replace or remove the video", file=sys.stderr)
-        return 1
+        return predict(model, config, args.support, args.query, device, progress=not args.no_progress)
+
+    predictions, code = run_reporting_errors(work)
+    if code:
+        return code
     print(format_predictions(predictions))
     if args.json:
         write_text_atomic(args.json, json.dumps(
