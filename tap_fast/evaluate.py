@@ -144,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--shots", type=_positive_int, nargs="+",
                         help="K values to test (default: the run's test_shots)")
+    parser.add_argument("--way", type=_at_least_two, help="classes per episode (default: the run's way)")
     parser.add_argument("--episodes", type=_positive_int,
                         help="episodes per setting (default: the run's test_episodes)")
     parser.add_argument("--data-root", help="override the dataset location stored in the checkpoint")
@@ -161,6 +162,8 @@ def main(argv=None) -> int:
         if args.json:  # a bad path fails now, not after the whole meta-test
             check_json_path(args.json)
         model, config = model_from_checkpoint(args.checkpoint, device)
+        if args.way:  # the heads score any number of classes: a 5-way model can be tested 10-way
+            config = config.replace(way=args.way)
         if args.data_root:
             # the checkpoint's data must already be there: for a synthetic set a mistyped path
             # would otherwise quietly generate a whole new dataset in it
@@ -221,14 +224,18 @@ def check_json_path(path: str) -> None:
         raise ValueError(f"--json {path} is a directory; name a file in it")
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
     return value
+
+
+def _at_least_two(text: str) -> int:  # a 1-way episode has nothing to choose between
+    return _positive_int(text, least=2)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,20 @@ def test_evaluate_cli_reports_and_names_a_missing_checkpoint(trained, tmp_path, 
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_evaluate_another_way(trained, capsys):
+    """The heads score any number of classes: a 3-way run tested 2-way; too many classes for the
+    test split, or a 1-way episode, are refused."""
+    best = str(trained / "best.pt")
+    with one_thread():
+        assert evaluate_main(["--checkpoint", best, "--way", "2", "--episodes", "2", "--no-progress"]) == 0
+    assert "| 2-way 1-shot |" in capsys.readouterr().out
+    assert evaluate_main(["--checkpoint", best, "--way", "9", "--no-progress"]) == 2
+    assert "9-way 1-shot episodes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_main(["--checkpoint", best, "--way", "1"])
+    assert "expected an integer >= 2, got '1'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--episodes", "--shots"])
 def test_evaluate_refuses_zero_counts(trained, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:  # 0 used to mean "the run's default"
