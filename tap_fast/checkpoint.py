@@ -16,12 +16,15 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory; name a .pt file in it (best.pt or last.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+    except Exception as error:  # a truncated or foreign file: torch's own message says little
+        raise ValueError(f"cannot read checkpoint {path}: not a complete file written by torch.save "
+                         f"(truncated, or another kind of file; {type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise ValueError(f"{path} is not a tap_fast checkpoint (no 'model'/'config' entries)")
     return checkpoint

@@ -152,7 +152,7 @@ def main(argv=None) -> int:
                                             "else <data root>/splits when present, else the 64/12/24 class split)")
     parser.add_argument("--bad-video-policy", choices=CHOICES["bad_video_policy"],
                         help="fail on unusable videos, or skip them (default: the run's)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = parser.parse_args(argv)

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from tap_fast.atomic_write import write_text_atomic
 from tap_fast.data.decode import PyAVDecoder
-from tap_fast.data.formats import (BadVideoError, detect_format, frame_files, is_video_file,
-                                   probe_frame_folder, probe_items, probe_video, scan_layout)
+from tap_fast.data.formats import (BadVideoError, frame_files, is_video_file, probe_frame_folder, probe_video,
+                                   visible_entries)
 from tap_fast.data.frame_folder_decode import FrameFolderDecoder
 from tap_fast.data.index import VideoRecord
 from tap_fast.data.sampling import tsn_frame_indices
@@ -57,22 +58,30 @@ class EvalClips:
 
 
 def support_records(root, min_frames: int, progress: bool = False) -> list[VideoRecord]:
-    """The labelled examples under root/<class>/, class by class; BadVideoError naming every
-    unusable or too-short one, ValueError for fewer than two classes. Nothing is written to root."""
+    """The labelled examples under root/<class>/ (video files and frame folders alike), class by
+    class; BadVideoError naming every unusable or too-short one, ValueError for a class folder
+    without examples or fewer than two classes. Nothing is written to root."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--support {root} is not a directory (expected <class>/<video> inside)")
-    fmt = detect_format(root)
-    items = scan_layout(root, fmt)
-    probed = probe_items(root, fmt, items, cache_file=None, progress=progress)
+    examples, empty = [], []
+    for class_dir in (p for p in visible_entries(root) if p.is_dir()):
+        videos = videos_in(class_dir)
+        empty += [] if videos else [class_dir.name]
+        examples += [(class_dir.name, path) for path in videos]
+    if empty:  # a class left out silently would still be "predicted" among the others
+        raise ValueError(f"--support {root}: no video files or frame folders in class folder(s) {', '.join(empty)}")
+    if not examples:
+        raise ValueError(f"--support {root} holds no class folders: expected {root}/<class>/<video>.mp4 "
+                         f"or {root}/<class>/<video>/<frame>.jpg")
     records, problems = [], []
-    for item in items:
-        found = probed[item.rel]
-        problem = found["problem"] or _too_short(found["frames"], min_frames)
+    for class_name, path in tqdm(examples, desc="support", unit="video", leave=False, dynamic_ncols=True,
+                                 disable=not progress or len(examples) < 50):
+        frames, problem = _probe(path, min_frames)
         if problem:
-            problems.append((str(root / item.rel), problem))
+            problems.append((str(path), problem))
         else:
-            records.append(VideoRecord(root / item.rel, item.class_name, "test", int(found["frames"])))
+            records.append(VideoRecord(path, class_name, "test", frames))
     if problems:
         raise BadVideoError(problems, hint="\n(fix or remove them from the support folder)")
     classes = sorted({r.class_name for r in records})
@@ -84,7 +93,8 @@ def support_records(root, min_frames: int, progress: bool = False) -> list[Video
 
 def query_records(paths, min_frames: int) -> list[VideoRecord]:
     """Every video a --query argument names: a video file, a frame folder, or a folder holding
-    them (one level); BadVideoError naming every unusable or too-short one."""
+    video files or frame folders (one level; loose images beside them are not a video);
+    BadVideoError naming every unusable or too-short one."""
     found: list[Path] = []
     for text in paths:
         path = Path(text).expanduser()
@@ -94,26 +104,34 @@ def query_records(paths, min_frames: int) -> list[VideoRecord]:
             if not is_video_file(path.name):
                 raise ValueError(f"--query {path}: not a video file (extensions: mp4, webm, avi, mkv, ...)")
             found.append(path)
+        elif videos_in(path):
+            found += videos_in(path)
         elif frame_files(path):
             found.append(path)
         else:
-            inside = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")
-                      and ((p.is_file() and is_video_file(p.name)) or (p.is_dir() and frame_files(p)))]
-            if not inside:
-                raise ValueError(f"--query {path}: holds no video files and no frame folders (folders are "
-                                 f"read one level deep: name its subfolders, e.g. {path}/*)")
-            found += inside
+            raise ValueError(f"--query {path}: holds no video files and no frame folders (folders are "
+                             f"read one level deep: name its subfolders, e.g. {path}/*)")
     records, problems = [], []
-    for path in dict.fromkeys(found):  # a video named twice is labelled once
-        frames, _, problem = probe_frame_folder(path) if path.is_dir() else probe_video(path)
-        problem = problem or _too_short(frames, min_frames)
+    for path in dict.fromkeys(Path(os.path.abspath(p)) for p in found):  # a video named twice is labelled once
+        frames, problem = _probe(path, min_frames)
         if problem:
             problems.append((str(path), problem))
         else:
-            records.append(VideoRecord(path, "query", "test", int(frames)))
+            records.append(VideoRecord(path, "query", "test", frames))
     if problems:
         raise BadVideoError(problems)
     return records
+
+
+def videos_in(folder: Path) -> list[Path]:
+    """The video files and frame folders directly inside folder, by name."""
+    return [p for p in visible_entries(folder)
+            if (p.is_file() and is_video_file(p.name)) or (p.is_dir() and frame_files(p))]
+
+
+def _probe(path: Path, min_frames: int) -> tuple[int, str | None]:
+    frames, _, problem = probe_frame_folder(path) if path.is_dir() else probe_video(path)
+    return int(frames), problem or _too_short(frames, min_frames)
 
 
 def _too_short(frames: int, min_frames: int) -> str | None:
@@ -142,6 +160,11 @@ def predict(model, config, support_root, query_paths, device, progress: bool = F
     """One Prediction per query video (in the order given, folders expanded by name)."""
     support = support_records(support_root, config.frames, progress=progress)
     query = query_records(query_paths, config.frames)
+    labelled = {r.path.resolve(): r.class_name for r in support}
+    for record in query:
+        if record.path.resolve() in labelled:  # allowed (a sanity check), but its score is no test
+            print(f"predict: query {record.path} is also a support example of {labelled[record.path.resolve()]} "
+                  f"(it is compared with itself)", file=sys.stderr)
     classes, scores = class_scores(model, EvalClips(config), support, query, device, progress=progress)
     probabilities = scores.softmax(-1).cpu()
     return [Prediction(str(record.path), classes[int(row.argmax())],
@@ -166,7 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--support", required=True, help="folder of labelled examples: <class>/<video>")
     parser.add_argument("--query", required=True, nargs="+",
                         help="video files, frame folders, or folders holding them")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
     parser.add_argument("--json", help="also write every class's probability per query to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """Labelling new videos: the scores are meta-testing's, for any shots per class; the CLI and its errors."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,60 @@ def test_query_records_keep_order_and_drop_repeats(setup):
     a, b = (r.path for r in queries["cross_right_to_left"][:2])
     records = query_records([str(b), str(a), str(b)], config.frames)
     assert [r.path for r in records] == [b, a]
+
+
+def _as_frame_folder(video, folder):
+    folder.mkdir(parents=True)
+    for t, image in enumerate(decode_video(video)):
+        Image.fromarray(image).save(folder / f"img_{t + 1:05d}.jpg", quality=95)
+    return folder
+
+
+def test_support_classes_may_mix_layouts_and_none_is_dropped(setup, tmp_path):
+    config, _, _, support, queries = setup
+    mixed = tmp_path / "mixed"
+    shutil.copytree(support / "cross_left_to_right", mixed / "cross_left_to_right")
+    shutil.copytree(support / "cross_right_to_left", mixed / "cross_right_to_left")
+    video = sorted((support / "cross_left_right_left").iterdir())[0]
+    _as_frame_folder(video, mixed / "cross_left_right_left" / video.stem)  # this class as frame folders
+    records = support_records(mixed, config.frames)
+    assert sorted({r.class_name for r in records}) == sorted(SHOTS)
+    (mixed / "empty_class").mkdir()
+    with pytest.raises(ValueError, match="no video files or frame folders in class folder.s. empty_class"):
+        support_records(mixed, config.frames)
+    with pytest.raises(ValueError, match="holds no class folders"):
+        support_records(mixed / "empty_class", config.frames)
+
+
+def test_query_folder_of_videos_beside_images(setup, tmp_path):
+    """A folder holding videos is a folder of queries, even with a cover image or thumbnails beside
+    them; only a folder of images alone is one frame-folder video."""
+    config, _, _, _, queries = setup
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    videos = [shutil.copy(r.path, folder / r.path.name) for r in queries["cross_right_to_left"]]
+    for t in range(config.frames + 1):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / f"thumb_{t}.jpg")
+    assert [r.path for r in query_records([str(folder)], config.frames)] == sorted(Path(v) for v in videos)
+
+
+def test_query_that_is_a_support_example_is_flagged(setup, capsys):
+    config, model, _, support, _ = setup
+    from tap_fast.predict import predict
+
+    example = sorted((support / "cross_left_to_right").iterdir())[0]
+    with one_thread():
+        (result,) = predict(model, config, support, [str(example)], torch.device("cpu"))
+    assert result.query == str(example)
+    assert f"query {example} is also a support example of cross_left_to_right" in capsys.readouterr().err
+
+
+def test_cli_names_a_bad_checkpoint(setup, tmp_path, capsys):
+    _, _, _, support, queries = setup
+    video = str(queries["cross_right_to_left"][0].path)
+    code, err = _run(["--checkpoint", str(tmp_path), "--support", str(support), "--query", video], capsys)
+    assert code == 2 and "is a directory; name a .pt file" in err
+    (tmp_path / "garbage.pt").write_text("not a checkpoint\n")
+    code, err = _run(["--checkpoint", str(tmp_path / "garbage.pt"), "--support", str(support), "--query", video],
+                     capsys)
+    assert code == 2 and "not a complete file written by torch.save" in err

@@ -112,7 +112,8 @@ def _visible(names):
     return [n for n in names if not n.startswith(".")]
 
 
-def _entries(folder: Path) -> list[Path]:
+def visible_entries(folder: Path) -> list[Path]:
+    """folder's entries by name, hidden ones (names starting with ".") left out."""
     return [folder / n for n in sorted(_visible(os.listdir(folder)))]
 
 
@@ -121,8 +122,8 @@ def detect_format(root: str | os.PathLike) -> str:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
-    for class_dir in (p for p in _entries(root) if p.is_dir()):
-        for entry in _entries(class_dir):
+    for class_dir in (p for p in visible_entries(root) if p.is_dir()):
+        for entry in visible_entries(class_dir):
             if entry.is_file() and is_video_file(entry.name):
                 return "video-folders"
             if entry.is_dir() and frame_files(entry):
@@ -139,8 +140,8 @@ def scan_layout(root: str | os.PathLike, fmt: str) -> list[Item]:
         raise ValueError(f"dataset format {fmt!r} is not one of {FORMATS}")
     root = Path(root)
     items = []
-    for class_dir in (p for p in _entries(root) if p.is_dir()):
-        for entry in _entries(class_dir):
+    for class_dir in (p for p in visible_entries(root) if p.is_dir()):
+        for entry in visible_entries(class_dir):
             if (fmt == "video-folders" and is_video_file(entry.name)
                     and (entry.is_file() or (entry.is_symlink() and not entry.exists()))):
                 items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
