@@ -43,8 +43,8 @@ def plot_training_curves(history: list[dict], path: Path, train_records: list[di
     episodes = [h["episode"] for h in history]
     if train_records:
         steps, losses, smoothed = training_loss_curve(train_records)
-        if smoothed == losses:  # too few records to smooth
-            loss_ax.plot(steps, losses)
+        if smoothed == losses:  # too few records to smooth; markers: a single point draws no line
+            loss_ax.plot(steps, losses, marker="o")
         else:
             loss_ax.plot(steps, losses, alpha=0.35, linewidth=0.8, label="mean over --log-every steps")
             loss_ax.plot(steps, smoothed, label="smoothed")

@@ -4,7 +4,7 @@
     python -m tap_fast.train --head tsn            # the FewShot-TSN baseline, same budget
     python -m tap_fast.train --preset ssv2-small --data-root /data/ssv2 --backbone-weights resnet50.pth
     torchrun --nproc_per_node=4 -m tap_fast.train --preset ssv2-small ...   # DDP, one process per GPU
-    python -m tap_fast.train --resume              # continue from <out-dir>/last.pt exactly
+    python -m tap_fast.train --resume              # continue <out-dir>/last.pt exactly, with its saved settings
     python -m tap_fast.train --overwrite           # start again in an <out-dir> that holds a previous run
 
 Reads top to bottom: config -> processes -> checks (out-dir, resume) -> model -> optimizer -> data
@@ -57,19 +57,24 @@ class RunOptions:
     overwrite: bool = False  # clear a previous run's files in out_dir first (else such a dir is refused)
 
 
-def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
+_OVERWRITE_AND_RESUME = ("--overwrite and --resume exclude each other: --resume continues the run in --out-dir, "
+                         "--overwrite deletes it")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tap_fast.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="synthetic", help=f"one of: {', '.join(PRESETS)}")
-    parser.add_argument("--head", choices=HEADS)
-    parser.add_argument("--way", type=int)
-    parser.add_argument("--shot", type=int)
+    parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default synthetic)")
+    parser.add_argument("--head", choices=HEADS, help="few-shot head (default tap; --out-dir default follows it)")
+    parser.add_argument("--way", type=int, help="classes per episode (default: the preset's, 5)")
+    parser.add_argument("--shot", type=int,
+                        help="support videos per class in training and validation episodes (default 1)")
     parser.add_argument("--query", type=int, help="query videos per class")
     parser.add_argument("--frames", type=int, help="T, frames sampled per video")
     parser.add_argument("--episodes", type=int, help="training episodes in total (all processes together)")
     parser.add_argument("--episodes-per-step", type=int,
                         help="episodes each process averages into one optimizer step (global: x world size)")
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the preset's, 1e-3)")
     parser.add_argument("--data-root", help="dataset directory (synthetic: where to cache it)")
     parser.add_argument("--split-dir", help="directory holding train/val/test split lists")
     parser.add_argument("--dataset-format", choices=CHOICES["dataset_format"],
@@ -84,12 +89,13 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
     parser.add_argument("--crop", type=int, help="square crop size in pixels")
     parser.add_argument("--backbone-weights", help="local ImageNet weights file for resnet50")
     parser.add_argument("--val-every", type=int, help="episodes between meta-validations")
-    parser.add_argument("--val-episodes", type=int)
+    parser.add_argument("--val-episodes", type=int, help="episodes per meta-validation (default: the preset's)")
     parser.add_argument("--test-episodes", type=int, help="meta-test episodes per setting")
-    parser.add_argument("--test-shots", type=int, nargs="+")
+    parser.add_argument("--test-shots", type=int, nargs="+",
+                        help="shots of the final meta-test, one setting each (default 1 5)")
     parser.add_argument("--workers", type=int, help="data loading processes")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--out-dir")
+    parser.add_argument("--seed", type=int, help="seed of the weights and of the training episodes (default 0)")
+    parser.add_argument("--out-dir", help="where the run's files go (default runs/<head>-<preset>)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU); fp16 uses a GradScaler")
@@ -98,7 +104,9 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any TrainConfig field, VALUE as JSON (e.g. --set mlp_hidden=[32,16]); repeatable")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                        help="continue from a last.pt (default <out-dir>/last.pt) with the same settings")
+                        help="continue from a last.pt (default <out-dir>/last.pt) with the settings saved in it; "
+                             "options given again override them (only those that keep the trajectory, e.g. "
+                             "--episodes, --val-every, --device)")
     parser.add_argument("--overwrite", action="store_true",
                         help="--out-dir holds a previous run: delete its files (checkpoints, results, logs, "
                              "plots, tensorboard/) and start again")
@@ -107,26 +115,60 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
     parser.add_argument("--profile", action="store_true", help="print where step time goes")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots at the end")
     parser.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
-    args = parser.parse_args(argv)
+    return parser
 
-    config = preset(args.preset)
-    run_flags = ("preset", "no_progress", "set", "resume", "stop_after", "profile", "no_plots", "overwrite")
-    overrides = {key: value for key, value in vars(args).items() if key not in run_flags and value is not None}
-    for key in ("test_shots",):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
-    if "head" in overrides and "out_dir" not in overrides:
-        overrides["out_dir"] = config.out_dir.replace("tap-", f"{overrides['head']}-", 1)
+
+def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
+    args = build_parser().parse_args(argv)
+    options = RunOptions(progress=not args.no_progress, resume=args.resume, stop_after=args.stop_after,
+                         profile=args.profile, overwrite=args.overwrite)
+    if args.overwrite and args.resume:  # before looking for a checkpoint: this is the mistake to name
+        raise ValueError(_OVERWRITE_AND_RESUME)
+
+    # the settings typed on this command line (flags and --set); the rest comes from the preset, or
+    # with --resume from the checkpoint
+    run_flags = ("no_progress", "set", "resume", "stop_after", "profile", "no_plots", "overwrite")
+    typed = {key: value for key, value in vars(args).items() if key not in run_flags and value is not None}
+    if "test_shots" in typed:
+        typed["test_shots"] = tuple(typed["test_shots"])
     if args.no_plots:
-        overrides["plots"] = False
-    overrides.update(_parse_set(args.set))
-    config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+        typed["plots"] = False
+    set_values = _parse_set(args.set)
+    for key in sorted(set(typed) & set(set_values)):  # which one should win is a guess: ask
+        flag = "--no-plots" if key == "plots" else f"--{key.replace('_', '-')}"
+        raise ValueError(f"{key} is given twice, by {flag} and by --set {key}=...; give it once")
+    typed.update(set_values)
     # input locations absolute: the checkpoint then works from any directory (evaluate, --resume)
-    paths = {key: os.path.abspath(os.path.expanduser(getattr(config, key)))
-             for key in ("data_root", "split_dir") if getattr(config, key)}
-    config = config.replace(**paths)
-    return config, RunOptions(progress=not args.no_progress, resume=args.resume, stop_after=args.stop_after,
-                              profile=args.profile, overwrite=args.overwrite)
+    for key in ("data_root", "split_dir"):
+        if typed.get(key):
+            typed[key] = os.path.abspath(os.path.expanduser(typed[key]))
+
+    config = preset(args.preset or "synthetic")
+    derived = {}
+    if "head" in typed:
+        derived["out_dir"] = config.out_dir.replace("tap-", f"{typed['head']}-", 1)
+    config = TrainConfig.from_dict({**config.to_dict(), **derived, **typed})
+    if args.resume:
+        config = _resume_config(config, typed, args.resume)
+    return config, options
+
+
+def _resume_config(fresh: TrainConfig, typed: dict, resume: str) -> TrainConfig:
+    """--resume: the checkpoint's settings, with those typed on the command line (`typed`) on top;
+    says which of them changed. The checkpoint is found as _train finds it: the path given, or
+    <out-dir>/last.pt with --out-dir as typed or by default (`fresh`: the command line's config)."""
+    saved = TrainConfig.from_dict(load_checkpoint(Path(fresh.out_dir) / "last.pt" if resume == "auto"
+                                                  else Path(resume))["config"])
+    overrides = dict(typed)
+    if resume == "auto" and Path(saved.out_dir).resolve() != Path(fresh.out_dir).resolve():
+        overrides["out_dir"] = fresh.out_dir  # the run was found here (moved, or another working directory)
+    config = saved.replace(**overrides)
+    # other changes are refused by check_resumable, which names them
+    changed = [f"{key} {getattr(saved, key)!r} -> {getattr(config, key)!r}" for key in overrides
+               if key in RESUMABLE_CHANGES and getattr(saved, key) != getattr(config, key)]
+    if changed and os.environ.get("RANK", "0") == "0":
+        print(f"tap_fast: --resume: {', '.join(changed)}", file=sys.stderr, flush=True)
+    return config
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -158,12 +200,26 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"--test-shots must each be >= 1, got {' '.join(map(str, shots))}")
     for field in dataclasses.fields(TrainConfig):
         check_value(field.name, getattr(config, field.name))  # types, choices (--set, train(config) callers)
-    for name in ("way", "shot", "query", "frames", "episodes", "episodes_per_step", "val_every", "val_episodes",
-                 "test_episodes", "checkpoint_every", "log_every"):
+    for name in ("way", "shot", "query", "frames", "episodes", "episodes_per_step", "episodes_per_epoch",
+                 "lr_step_epochs", "val_every", "val_episodes", "test_episodes", "checkpoint_every", "log_every",
+                 "resize", "crop", "feature_dim", "lstm_hidden"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    for name in ("seed", "workers", "weight_decay"):  # 0 is meaningful (no workers, no decay)
+        if getattr(config, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    for name in ("lr", "clip_norm", "otam_gamma"):  # `not > 0` also refuses NaN; clip_norm inf: no clipping
+        if not getattr(config, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
+    if not 0 < config.lr_gamma <= 1:
+        raise ValueError(f"--lr-gamma must be in (0, 1] (the factor applied every lr_step_epochs), "
+                         f"got {config.lr_gamma}")
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"--momentum must be in [0, 1), got {config.momentum}")
     if config.way < 2:
         raise ValueError(f"--way must be >= 2 for a classification episode, got {config.way}")
+    if config.crop > config.resize:
+        raise ValueError(f"--crop {config.crop} is larger than --resize {config.resize} (the frame's short side)")
     pick_device(config.device)  # --device cuda without a GPU: say so now, not in a traceback
 
 
@@ -172,8 +228,10 @@ RUN_FILES = ("best.pt", "last.pt", "results.json", "report.md", "training.png", 
 
 
 def previous_run(out_dir: Path) -> list[str]:
-    """The files that show out_dir holds a run that a new one would overwrite."""
-    return [name for name in ("last.pt", "best.pt", "results.json") if (out_dir / name).exists()]
+    """The files that show out_dir holds a run that a new one would overwrite or mix with."""
+    found = [name for name in ("last.pt", "best.pt", "results.json") if (out_dir / name).exists()]
+    # a run killed before its first checkpoint leaves only its logs: a new run would append to them
+    return found or [name for name in ("log.jsonl", "tensorboard/") if (out_dir / name).exists()]
 
 
 def clear_previous_run(out_dir: Path) -> None:
@@ -216,8 +274,8 @@ def check_resumable(saved: dict, config: TrainConfig) -> None:
                      if k not in RESUMABLE_CHANGES and saved.get(k) != v)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
-        raise ValueError(f"--resume: the checkpoint was trained with other settings ({details}); "
-                         "pass the same settings to continue exactly")
+        raise ValueError(f"--resume: the checkpoint was trained with other settings ({details}); keep the "
+                         "checkpoint's values to continue exactly (on the command line: leave those options out)")
 
 
 def train(config: TrainConfig, options: RunOptions | bool = True) -> dict:
@@ -254,13 +312,17 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
 
     # ---- out_dir: a previous run's checkpoints and results are never replaced unasked ------------
     if options.overwrite and options.resume:
-        raise ValueError("--overwrite and --resume exclude each other: --resume continues the run in --out-dir, "
-                         "--overwrite deletes it")
+        raise ValueError(_OVERWRITE_AND_RESUME)
     previous = distributed.broadcast_object(previous_run(out_dir) if main else None, ctx)  # rank 0's disk
     if previous and not options.resume and not options.overwrite:
-        resume_hint = "--resume" if "last.pt" in previous else "--resume PATH/last.pt"
-        raise ValueError(f"--out-dir {out_dir} already holds a previous run ({', '.join(previous)}); continue it with "
-                         f"{resume_hint}, pick a new --out-dir, or pass --overwrite to delete it and start again")
+        if "last.pt" in previous:
+            resume_hint = "continue it with --resume, "
+        elif "best.pt" in previous or "results.json" in previous:
+            resume_hint = "continue it with --resume PATH/last.pt, "
+        else:
+            resume_hint = "it stopped before its first checkpoint (nothing to resume); "
+        raise ValueError(f"--out-dir {out_dir} already holds a previous run ({', '.join(previous)}); {resume_hint}"
+                         f"pick a new --out-dir, or pass --overwrite to delete it and start again")
 
     # ---- resume: read and check the checkpoint now, before the data and the model are built -------
     checkpoint = None
@@ -347,6 +409,7 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     batches = iter(train_loader)
     model.train()
     stopped, done = None, start_step
+    timed_steps = 0  # steps run by this process since the last train record: the timer's interval
     with StopOnSignal() as stop_signal:
         try:
             for step in range(start_step, total_steps):
@@ -390,14 +453,18 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
                 meters[0] += step_loss
                 meters[1] += step_accuracy
                 meters[2] += 1
+                timed_steps += 1
                 bar.update(global_batch)
                 if done % config.log_every == 0 or done == total_steps:
                     phases, wall = timer.pop_interval()
                     wall -= phases.get("validation", 0.0) + phases.get("checkpoint", 0.0)  # training time only
-                    log.record("train", episode, done, loss=meters[0] / meters[2], accuracy=meters[1] / meters[2],
-                               lr=scheduler.get_last_lr()[0], episodes_per_s=meters[2] * global_batch / wall,
+                    # loss and accuracy (%, as validation's) average the whole interval, steps before a resume
+                    # included; the speed only the steps this process timed
+                    log.record("train", episode, done, loss=meters[0] / meters[2],
+                               accuracy=100 * meters[1] / meters[2], lr=scheduler.get_last_lr()[0],
+                               episodes_per_s=timed_steps * global_batch / wall,
                                data_wait_fraction=phases.get("data", 0.0) / wall)
-                    state["meters"] = [0.0, 0.0, 0]
+                    state["meters"], timed_steps = [0.0, 0.0, 0], 0
                     debias = 1 - 0.98 ** running[2]
                     bar.set_postfix(loss=f"{running[0] / debias:.3f}", acc=f"{100 * running[1] / debias:.1f}")
 
@@ -452,6 +519,7 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
             raise decode_error from error
     bar.close()
     log.close()
+    train_seconds = time.time() - started  # training and its validations, over every resumed part
     if options.profile and main:
         print(timer.report(done - start_step), flush=True)
     final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -463,10 +531,11 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     distributed.barrier(ctx)  # best.pt is complete
     best = distributed.broadcast_object(load_checkpoint(out_dir / "best.pt")["model"] if main else None, ctx)
     model.load_state_dict(best)
+    test_started = time.time()
     with autocast(precision, device):
         results = test_report(model, config, index, device, progress=progress)
-    summary = {"config": config.to_dict(), "history": state["history"], "train_seconds": time.time() - started,
-               "test": {name: vars(s) for name, s in results.items()}}
+    summary = {"config": config.to_dict(), "history": state["history"], "train_seconds": train_seconds,
+               "test_seconds": time.time() - test_started, "test": {name: vars(s) for name, s in results.items()}}
     if main:
         report = format_report(results, config.head)
         print(report, flush=True)

@@ -140,3 +140,60 @@ def test_config_choices_agree_with_the_modules_that_act_on_them():
     assert CHOICES["decoder"] == DECODERS and CHOICES["precision"] == PRECISIONS
     assert CHOICES["bad_video_policy"] == POLICIES
     assert set(CHOICES["dataset_format"]) == {"synthetic", "auto", *FORMATS}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"episodes_per_epoch": 0}, "--episodes-per-epoch must be >= 1, got 0"),  # was a ZeroDivisionError
+    ({"lr_step_epochs": 0}, "--lr-step-epochs must be >= 1, got 0"),
+    ({"feature_dim": 0}, "--feature-dim must be >= 1"),
+    ({"lstm_hidden": 0}, "--lstm-hidden must be >= 1"),
+    ({"resize": 0}, "--resize must be >= 1"),
+    ({"crop": 80}, "--crop 80 is larger than --resize 64"),
+    ({"lr": 0.0}, "--lr must be > 0, got 0.0"),
+    ({"lr": float("nan")}, "--lr must be > 0, got nan"),
+    ({"clip_norm": -1.0}, "--clip-norm must be > 0"),
+    ({"otam_gamma": 0.0}, "--otam-gamma must be > 0"),
+    ({"lr_gamma": 0.0}, r"--lr-gamma must be in \(0, 1\]"),
+    ({"lr_gamma": 2.0}, r"--lr-gamma must be in \(0, 1\]"),
+    ({"momentum": 1.0}, r"--momentum must be in \[0, 1\)"),
+    ({"weight_decay": -1e-4}, "--weight-decay must be >= 0"),
+    ({"seed": -1}, "--seed must be >= 0"),
+    ({"workers": -1}, "--workers must be >= 0"),
+])
+def test_numeric_settings_are_checked(changes, message):
+    from tap_fast.train import validate_config
+
+    with pytest.raises(ValueError, match=message):
+        validate_config(PRESETS["synthetic"].replace(**changes))
+
+
+def test_zero_where_zero_means_something_is_accepted(capsys):
+    from tap_fast.train import main, validate_config
+
+    validate_config(PRESETS["synthetic"].replace(workers=0, weight_decay=0.0, momentum=0.0, seed=0, lr_gamma=1.0,
+                                                 clip_norm=float("inf")))
+    assert main(["--set", "episodes_per_epoch=0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --episodes-per-epoch must be >= 1, got 0\n"  # one line, no traceback
+
+
+@pytest.mark.parametrize("args, key, flag", [
+    (["--episodes", "2", "--set", "episodes=4"], "episodes", "--episodes"),  # was: 4 episodes, silently
+    (["--no-plots", "--set", "plots=true"], "plots", "--no-plots"),
+    (["--out-dir", "a", "--set", "out_dir=b"], "out_dir", "--out-dir"),
+])
+def test_a_setting_given_by_flag_and_set_is_refused(args, key, flag, capsys):
+    from tap_fast.train import main, parse_args
+
+    message = f"{key} is given twice, by {flag} and by --set {key}=...; give it once"
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        parse_args(args)
+    assert main([*args, "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_every_train_option_has_help():
+    from tap_fast.train import build_parser
+
+    missing = [action.option_strings for action in build_parser()._actions if not action.help]
+    assert not missing

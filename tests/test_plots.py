@@ -55,3 +55,16 @@ def test_alignment_plot_for_every_head(tmp_path_factory, tmp_path, monkeypatch, 
     assert len(shown) == 2 * rows and all(image.shape == (config.frames, config.frames) for image in shown)
     if rows == 3:  # P * S is the product of the two maps above it
         assert np.allclose(shown[4], shown[0] * shown[2], atol=1e-6)
+
+
+def test_few_loss_records_are_drawn_with_markers(tmp_path, monkeypatch):
+    """One train record (a run shorter than two --log-every intervals) is a single point: as a plain line
+    it would draw nothing."""
+    from matplotlib import pyplot
+
+    lines, real_plot = [], pyplot.Axes.plot
+    monkeypatch.setattr(pyplot.Axes, "plot", lambda ax, *a, **k: lines.extend(real_plot(ax, *a, **k)) or lines)
+    history = [{"episode": 10, "train_loss": 1.0, "val_accuracy": 40.0, "val_ci95": 2.0}]
+    plot_training_curves(history, tmp_path / "training.png", [{"kind": "train", "episode": 10, "step": 10,
+                                                                "loss": 1.1}])
+    assert lines and all(line.get_marker() not in (None, "", "None") for line in lines)

@@ -168,3 +168,68 @@ def test_test_settings_are_checked_before_training(data_root, tmp_path, capsys):
         train(config, RunOptions(progress=False))
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "log.jsonl").exists()
     assert "warning: no --backbone-weights: ResNet-50 starts from random weights" in capsys.readouterr().err
+
+
+def test_an_out_dir_with_only_logs_is_a_previous_run(data_root, tmp_path, capsys):
+    """A run killed before its first checkpoint left log.jsonl and tensorboard/: a new run would mix its
+    records and events with them, so it is refused as any previous run; --overwrite clears them."""
+    from tap_fast.train import main
+
+    (tmp_path / "log.jsonl").write_text('{"kind": "train", "episode": 99, "step": 99, "loss": 9.0}\n')
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.old").write_bytes(b"old")
+    args = tiny_cli_args(tiny_config(data_root, tmp_path, episodes=2, val_every=2))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --out-dir {tmp_path} already holds a previous run (log.jsonl, tensorboard/); it stopped "
+                   f"before its first checkpoint (nothing to resume); pick a new --out-dir, or pass --overwrite to "
+                   f"delete it and start again\n")
+    assert (tmp_path / "tensorboard" / "events.out.tfevents.old").exists()
+    assert [r["episode"] for r in read_log(tmp_path / "log.jsonl")] == [99]  # untouched
+    with one_thread():
+        assert main([*args, "--overwrite"]) == 0
+    assert [r["episode"] for r in read_log(tmp_path / "log.jsonl", "train")] == [1, 2]
+    assert not (tmp_path / "tensorboard" / "events.out.tfevents.old").exists()
+
+
+def test_cli_resume_continues_with_the_checkpoint_settings(data_root, tmp_path, monkeypatch, capsys):
+    """`--resume` alone continues with the settings saved in last.pt (not the preset's defaults); options
+    typed again override them, and the changes are named."""
+    from tap_fast.train import main, parse_args
+
+    config = tiny_config(data_root, tmp_path / "run", episodes=8, val_every=4)
+    with one_thread():
+        assert main([*tiny_cli_args(config), "--stop-after", "2"]) == 0
+    capsys.readouterr()
+    run = str(tmp_path / "run")
+    resumed, options = parse_args(["--out-dir", run, "--resume"])
+    assert resumed == config and options.resume == "auto"
+    monkeypatch.chdir(tmp_path)  # a checkpoint named by path, from another directory: its own out_dir
+    assert parse_args(["--resume", f"{run}/last.pt"])[0] == config
+    assert capsys.readouterr().err == ""  # nothing changed: nothing said
+    resumed, _ = parse_args(["--out-dir", run, "--resume", "--episodes", "10", "--set", "val_episodes=3"])
+    assert resumed == config.replace(episodes=10, val_episodes=3)
+    assert capsys.readouterr().err == "tap_fast: --resume: episodes 8 -> 10, val_episodes 2 -> 3\n"
+    with one_thread():
+        assert main(["--out-dir", run, "--resume", "--episodes", "10", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"] == config.replace(episodes=10).to_dict()
+    assert [r["episode"] for r in read_log(tmp_path / "run" / "log.jsonl", "val")] == [4, 8, 10]
+    # a changed setting that would change the training is still refused; a missing checkpoint named
+    assert main(["--out-dir", run, "--resume", "--lr", "0.5", "--no-progress"]) == 2
+    assert "(lr: 0.001 -> 0.5)" in capsys.readouterr().err
+    assert main(["--out-dir", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: checkpoint not found: {tmp_path / 'none' / 'last.pt'}\n"
+
+
+def test_first_speed_record_after_resume_counts_only_its_own_steps(data_root, tmp_path, monkeypatch):
+    """A log interval cut by a stop: after --resume its loss and accuracy still average all its steps (as
+    an uninterrupted run's), but episodes/s divides only the steps timed since the resume."""
+    from tap_fast.step_timer import StepTimer
+
+    monkeypatch.setattr(StepTimer, "pop_interval", lambda self: ({}, 1.0))  # every interval: 1 s
+    config = tiny_config(data_root, tmp_path, episodes=8, log_every=4, val_every=8)
+    with one_thread():
+        train(config, RunOptions(progress=False, stop_after=3))
+        train(config, RunOptions(progress=False, resume="auto"))
+    speeds = [(r["episode"], r["episodes_per_s"]) for r in read_log(tmp_path / "log.jsonl", "train")]
+    assert speeds == [(4, 1.0), (8, 4.0)]  # 1 step since the resume in the first interval, not 4
