@@ -1,16 +1,25 @@
-"""Timing, memory and device helpers shared by every benchmark suite (TAP and soft-DTW)."""
+"""Timing, memory and device helpers shared by every benchmark suite (TAP and soft-DTW), and the
+command-line helpers the bench scripts share (one-line errors for bad inputs, checked before the work)."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
-from typing import Callable
+from pathlib import Path
+from typing import Callable, NoReturn
 
 import torch
 
-__all__ = ["env_vars", "time_cuda", "time_cuda_adaptive", "time_cpu", "time_fn", "peak_memory_bytes", "device_info", "matmul_tflops", "git_commit"]
+__all__ = ["env_vars", "time_cuda", "time_cuda_adaptive", "time_cpu", "time_fn", "peak_memory_bytes", "device_info",
+           "matmul_tflops", "git_commit", "REPO_ROOT", "InputError", "fail", "run_cli", "int_at_least", "positive_int",
+           "read_json", "prepare_out", "quiet_profiler_logs"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -94,11 +103,14 @@ def matmul_tflops(device: torch.device | str, n: int | None = None, dtype: torch
 
 
 def git_commit() -> str:
-    """The checkout's short commit; TAP_FAST_COMMIT where the tree travels without .git (device runs)."""
+    """The short commit of the checkout that holds these bench scripts (git runs in the repository
+    root, not the current directory, so a script run from elsewhere still records its own commit);
+    TAP_FAST_COMMIT where the tree travels without .git (device runs); "unknown" without either."""
     if os.environ.get("TAP_FAST_COMMIT"):
         return os.environ["TAP_FAST_COMMIT"]
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, text=True,
+                                       stderr=subprocess.DEVNULL).strip() or "unknown"
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -128,3 +140,100 @@ def device_info(device: torch.device | str | None = None) -> dict:
     else:
         info["name"] = f"CPU ({info['cpu']}, {info['threads']} threads)"
     return info
+
+
+# ---- command-line helpers shared by the bench scripts ------------------------------------------------
+
+
+class InputError(Exception):
+    """A bad input to a bench script (a missing or malformed file, an unusable --out): reported by
+    run_cli as one line, ``error: <message>``, with exit code 2."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: <message>`` on stderr and exit (2: a bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """main(argv)'s exit code, with an InputError reported as one line (exit code 2) instead of a
+    traceback.  Scripts end with ``sys.exit(run_cli(main))``."""
+    try:
+        return main(argv) or 0
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def int_at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``least`` (argparse turns the message into its usual error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def read_json(path: str | Path, what: str = "a JSON object") -> dict:
+    """The JSON object in ``path``; InputError (one line) for a missing or unreadable file, text that
+    is not JSON, or JSON that is not an object (``what`` says what was expected)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a JSON file (not UTF-8 text)") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path} is not JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise InputError(f"{path} holds {kind}; expected {what}")
+    return data
+
+
+def prepare_out(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
+    """--out made ready before the work, not after it: its parent folders are created, and the files
+    it names (``path`` itself, or ``path`` with each of ``suffixes``) must not be folders.  Returns
+    Path(path); InputError (one line) when that cannot be done."""
+    out = Path(path)
+    try:
+        targets = [out.with_suffix(s) for s in suffixes] if suffixes else [out]
+    except ValueError:  # "", ".", "/": no file name to put a suffix on
+        raise InputError(f"--out {path}: expected a file name (prefix), e.g. results/run") from None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"--out {path}: cannot create the folder {out.parent}: a file is in the way") from None
+    except OSError as error:
+        raise InputError(f"--out {path}: cannot create the folder {out.parent} ({error.strerror or error})") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {path}: the folder {out.parent} is not writable")
+    for target in targets:
+        if target.is_dir():
+            raise InputError(f"--out {path}: {target} is a folder; name a file")
+    return out
+
+
+def quiet_profiler_logs() -> None:
+    """Silence Kineto's log lines for scripts that run torch.profiler on a CPU: a USDT
+    "profiler_start/stop" pair per profiled region and, without a GPU, "gpuGetDeviceCount failed
+    with code 35" (harmless: only CPU activities are recorded).  No Kineto log level keeps its ERROR
+    lines but drops the USDT ones, so all are dropped; KINETO_LOG_LEVEL set by the caller wins.
+    Kineto reads the variable when the first profiler starts, so call this before that."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")

@@ -39,13 +39,15 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from tap_fast.kernels import tap_triton  # noqa: E402  (the module the benchmarks call)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import env_vars  # noqa: E402
+from bench_utils import env_vars, git_commit, positive_int, prepare_out, run_cli  # noqa: E402
 
 PAPER_WIDTHS = dict(H1=1024, H2=256, H3=64)
 KERNELS = ("fwd", "bwd")
 # Largest shared memory one block may use (opt-in), by compute capability.
 SMEM_LIMIT = {90: 232448, 89: 101376, 86: 101376, 80: 166912}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+UV_LOADS = ("broadcast", "rows")  # TAP_FAST_UV_LOAD's values (kernels/tap_triton.py)
+MIN_TILE_ROWS = 16  # compiled, tl.dot needs 16 rows at least (TAP_FAST_TILE_ROWS: a power of two >= 16)
 
 
 @dataclass
@@ -83,6 +85,18 @@ class _StandInDriver:
 
     def get_current_target(self):
         return self.target
+
+
+def variant_name(text: str) -> str:
+    """An argparse type for a variant, "ROWS/UV_LOAD", checked before anything compiles: ROWS a power
+    of two >= 16 (TAP_FAST_TILE_ROWS), UV_LOAD broadcast or rows (TAP_FAST_UV_LOAD)."""
+    rows, sep, uv_load = text.partition("/")
+    if not (sep and rows.isdigit() and int(rows) >= MIN_TILE_ROWS and int(rows) & (int(rows) - 1) == 0
+            and uv_load in UV_LOADS):
+        raise argparse.ArgumentTypeError(
+            f"expected ROWS/UV_LOAD, ROWS a power of two >= {MIN_TILE_ROWS} and UV_LOAD one of "
+            f"{', '.join(UV_LOADS)} (e.g. 64/broadcast), got {text!r}")
+    return text
 
 
 def variant_env(variant: str):
@@ -165,13 +179,16 @@ def to_markdown(reports: list[KernelReport], header: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="compute capability: 90 (H100/H200), 80 (A100)")
-    parser.add_argument("--tq", type=int, nargs="+", default=[32, 64], help="clip lengths (tile shapes follow them)")
+    parser.add_argument("--arch", type=positive_int, default=90, help="compute capability: 90 (H100/H200), 80 (A100)")
+    parser.add_argument("--tq", type=positive_int, nargs="+", default=[32, 64], help="clip lengths (tile shapes follow them)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
-    parser.add_argument("--variants", nargs="+", default=["64/broadcast"], help="TILE_ROWS/UV_LOAD pairs")
-    parser.add_argument("--out", type=Path, help="also write <out>.md and <out>.json")
+    parser.add_argument("--variants", nargs="+", type=variant_name, default=["64/broadcast"],
+                        help="TILE_ROWS/UV_LOAD pairs, e.g. 64/broadcast 128/rows")
+    parser.add_argument("--out", help="also write <out>.md and <out>.json")
     args = parser.parse_args(argv)
+    out = prepare_out(args.out, (".md", ".json")) if args.out else None  # before compiling, not after
+    commit = git_commit()
 
     triton.runtime.driver.set_active(_StandInDriver(args.arch))
     reports, failures = [], []
@@ -188,18 +205,21 @@ def main(argv=None) -> int:
                     for label, config, kwargs, kernel in compiled if label in args.kernels]
     header = (f"# Fused TAP kernels compiled for sm_{args.arch} without a GPU: Triton {triton.__version__}, {args.dtype}, "
               f"H1-H2-H3 = {PAPER_WIDTHS['H1']}-{PAPER_WIDTHS['H2']}-{PAPER_WIDTHS['H3']}, 5-way 5-shot launch "
-              f"arguments; {_dt.date.today()}, commit {os.environ.get('TAP_FAST_COMMIT', 'unknown')}")
+              f"arguments; {_dt.date.today()}, commit {commit}")
     text = to_markdown(reports, header) + "".join(f"\n**Failed to compile:** {f}\n" for f in failures)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(dict(
+    if out:
+        out.with_suffix(".md").write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(dict(
             triton=triton.__version__, arch=args.arch, dtype=args.dtype, widths=PAPER_WIDTHS,
-            date=str(_dt.date.today()), commit=os.environ.get("TAP_FAST_COMMIT", "unknown"),
+            date=str(_dt.date.today()), commit=commit,
             reports=[asdict(r) for r in reports], failures=failures), indent=1))
+    # non-zero after writing what did compile: a requested variant failed, or a kernel outgrew shared memory
+    if failures:
+        print(f"compile_report: {len(failures)} of {len(args.variants) * len(args.tq)} variant/T pairs failed to "
+              "compile (listed above)", file=sys.stderr)
     return 1 if failures or any(r.over_smem_limit for r in reports) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

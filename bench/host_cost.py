@@ -26,12 +26,14 @@ os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors are accepted by the fused pa
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import git_commit  # noqa: E402
+from bench_utils import git_commit, positive_int, prepare_out, quiet_profiler_logs, run_cli  # noqa: E402
 from memory_model import stubbed_kernels  # noqa: E402
 from test_bench_tap import EPISODES  # noqa: E402
 
 from tap_fast.kernels import tap_scores  # noqa: E402
 from tap_fast.kernels.tap_testing import make_tap_inputs  # noqa: E402
+
+quiet_profiler_logs()  # no Kineto USDT / "gpuGetDeviceCount failed" lines from the ATen-op count
 
 
 def _aten_ops(call) -> int:
@@ -88,11 +90,12 @@ def _table(rows) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", nargs="+", default=["5w5s"], choices=list(EPISODES))
-    ap.add_argument("--t", nargs="+", type=int, default=[4])
-    ap.add_argument("--batches", type=int, default=15, help="batches of --calls calls; the best batch counts")
-    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--t", nargs="+", type=positive_int, default=[4])
+    ap.add_argument("--batches", type=positive_int, default=15, help="batches of --calls calls; the best batch counts")
+    ap.add_argument("--calls", type=positive_int, default=50)
     ap.add_argument("--out", help="write OUT.md and OUT.json")
     args = ap.parse_args(argv)
+    out = prepare_out(args.out, (".md", ".json")) if args.out else None  # before the run, not after it
     torch.set_num_threads(1)  # tiny tensors: threads only add noise
     rows = []
     for episode in args.episodes:
@@ -103,13 +106,13 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"{episode:6s} T={t:3d} {row['mode']:8s} {row['us_per_call']:7.0f} us/call "
                       f"{row['us_to_first_launch']:6.0f} us to the first launch {row['aten_ops']:4d} ATen ops", flush=True)
-    if args.out:
+    if out:
         head = (f"# Fused TAP op, host cost per call with the kernels stubbed out (CPU), commit {git_commit()}\n\n"
                 "Made by `bench/host_cost.py`: see its docstring for what is measured.\n\n")
-        Path(args.out).with_suffix(".md").write_text(head + _table(rows) + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(dict(commit=git_commit(), rows=rows), indent=1))
+        out.with_suffix(".md").write_text(head + _table(rows) + "\n")
+        out.with_suffix(".json").write_text(json.dumps(dict(commit=git_commit(), rows=rows), indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

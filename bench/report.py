@@ -10,26 +10,44 @@ other numeric extra_info fields (tflops, peak_mem_mib, ...) become table columns
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import InputError, prepare_out, read_json, run_cli  # noqa: E402
+
 SKIP_COLUMNS = {"time_ms", "T", "Q", "S", "dense_tflops"}
+HEADER_KEYS = ("device", "commit", "dtype", "dense_tflops", "knobs")
+
+
+def _time_ms(path, b: dict) -> float:
+    """extra_info["time_ms"] when the suite measured it (CUDA events), else the benchmark's mean."""
+    extra = b.get("extra_info") or {}
+    if "time_ms" in extra:
+        return extra["time_ms"]
+    try:
+        return b["stats"]["mean"] * 1e3
+    except (KeyError, TypeError):
+        raise InputError(f"{path}: benchmark {b.get('name', '?')!r} has neither extra_info.time_ms nor stats.mean") from None
 
 
 def load_rows(paths, x_param: str) -> tuple[list[dict], dict]:
     rows, machine = [], {}
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        data = read_json(path, "pytest-benchmark JSON (--benchmark-json), an object")
         machine = machine or data.get("machine_info", {})
-        for b in data.get("benchmarks", []):
+        benchmarks = data.get("benchmarks", [])
+        if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
+            raise InputError(f'{path}: "benchmarks" must be a list of objects')
+        for b in benchmarks:
             params = dict(b.get("params") or {})
             extra = dict(b.get("extra_info") or {})
             x = params.pop(x_param, extra.get(x_param))
-            time_ms = extra.get("time_ms", b["stats"]["mean"] * 1e3)
+            time_ms = _time_ms(path, b)
             series = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
-            rows.append(dict(group=b.get("group") or "default", series=series or b["name"], x=x,
-                             time_ms=time_ms, extra=extra, name=b["name"]))
+            rows.append(dict(group=b.get("group") or "default", series=series or b.get("name", "?"), x=x,
+                             time_ms=time_ms, extra=extra, name=b.get("name", "?")))
     return rows, machine
 
 
@@ -41,19 +59,31 @@ def _fmt(v):
     return "" if v is None else str(v)
 
 
+def header_values(rows) -> dict[str, list[str]]:
+    """For each header key, the distinct values (formatted, in order of appearance) of the rows that
+    record it: a file mixing suites (e.g. decode rows, which record no commit, before the TAP rows)
+    still gets its device and commit, and several are all listed."""
+    values: dict[str, list[str]] = {}
+    for key in HEADER_KEYS:
+        for r in rows:
+            if key in r["extra"]:
+                text = _fmt(r["extra"][key])
+                if text not in values.setdefault(key, []):
+                    values[key].append(text)
+    return values
+
+
 def markdown(rows, x_param: str, title: str) -> str:
     extra_cols = sorted({k for r in rows for k, v in r["extra"].items()
                          if k not in SKIP_COLUMNS and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    info = next((r["extra"] for r in rows if r["extra"]), {})
     lines = [f"# {title}", ""]
-    for key in ("device", "commit", "dtype", "dense_tflops", "knobs"):
-        if key in info:
-            lines.append(f"- {key}: {_fmt(info[key])}")
+    for key, values in header_values(rows).items():
+        lines.append(f"- {key}: {'; '.join(values)}")
     by_group = defaultdict(list)
     for r in rows:
         by_group[r["group"]].append(r)
     for group in sorted(by_group):
-        lines += ["", f"## {group}", "", "| series | " + x_param + " | time (ms) | " + " | ".join(extra_cols) + " |",
+        lines += ["", f"## {group}", "", "| " + " | ".join(["series", x_param, "time (ms)", *extra_cols]) + " |",
                   "|---" * (3 + len(extra_cols)) + "|"]
         for r in sorted(by_group[group], key=lambda r: (r["series"], r["x"] if r["x"] is not None else 0)):
             cells = [r["series"], _fmt(r["x"]), _fmt(r["time_ms"])] + [_fmt(r["extra"].get(c)) for c in extra_cols]
@@ -61,7 +91,12 @@ def markdown(rows, x_param: str, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, x_param: str, title: str, path: Path) -> None:
+def plot(rows, x_param: str, title: str, path: Path) -> bool:
+    """Time against x_param, one panel per group, for the rows that have x_param (rows without it,
+    e.g. decode throughput, stay in the tables only).  False, and no file, when no row has it."""
+    rows = [r for r in rows if r["x"] is not None]
+    if not rows:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +107,7 @@ def plot(rows, x_param: str, title: str, path: Path) -> None:
     for ax, group in zip(axes[0], groups):
         series = defaultdict(list)
         for r in rows:
-            if r["group"] == group and r["x"] is not None:
+            if r["group"] == group:
                 series[r["series"]].append((r["x"], r["time_ms"]))
         for label, pts in sorted(series.items()):
             pts.sort()
@@ -88,9 +123,10 @@ def plot(rows, x_param: str, title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     ap.add_argument("--out", required=True, help="output path prefix: writes <out>.md and <out>.png")
@@ -99,13 +135,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     rows, _ = load_rows(args.json, args.x)
     if not rows:
-        raise SystemExit("no benchmarks in the given JSON files")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        raise InputError(f"no benchmarks in {', '.join(args.json)}")
+    out = prepare_out(args.out, (".md", ".png"))
     out.with_suffix(".md").write_text(markdown(rows, args.x, args.title))
-    plot(rows, args.x, args.title, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    if plot(rows, args.x, args.title, out.with_suffix(".png")):
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    else:
+        print(f"wrote {out.with_suffix('.md')} (no plot: no row has {args.x})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -17,20 +17,47 @@ Targets (issues 3-5):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import InputError, prepare_out, read_json, run_cli  # noqa: E402
+
+WHAT = "pytest-benchmark JSON (--benchmark-json) or bench/tile_sweep.py's JSON, an object"
+
+
+def _objects(path, data: dict, key: str) -> list[dict]:
+    """data[key] (absent: []), which must be a list of JSON objects."""
+    items = data.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise InputError(f"{path}: \"{key}\" must be a list of objects")
+    return items
+
 
 def load(paths) -> tuple[list[dict], list[dict]]:
-    """(benchmark rows as params | extra_info dicts, tile-sweep rows)."""
-    bench, sweep = [], []
+    """(benchmark rows as params | extra_info dicts, tile-sweep rows).  InputError for a file that is
+    missing, not JSON, or not shaped like either kind of result (other JSON objects, e.g. the
+    session's host_cost or train results beside them, contribute nothing).  Given several files, a
+    bad one is skipped with a warning: a GPU session's stage killed mid-write must not cost the
+    table of the others."""
+    bench, sweep, bad = [], [], []
     for path in paths:
-        data = json.loads(Path(path).read_text())
-        for b in data.get("benchmarks", []):
-            bench.append({**(b.get("extra_info") or {}), **(b.get("params") or {}), "name": b["name"]})
-        if "benchmarks" not in data:
-            sweep += data.get("rows", [])
+        try:
+            data = read_json(path, WHAT)
+            file_bench = [{**(b.get("extra_info") or {}), **(b.get("params") or {}), "name": b.get("name", "?")}
+                          for b in _objects(path, data, "benchmarks")]
+            file_sweep = _objects(path, data, "rows") if "benchmarks" not in data else []
+        except InputError as error:
+            if len(paths) == 1:
+                raise
+            bad.append(str(error))
+            continue
+        bench += file_bench
+        sweep += file_sweep
+    if bad and len(bad) == len(paths):
+        raise InputError("no readable result file: " + "; ".join(bad))
+    for message in bad:
+        print(f"warning: skipped {message}", file=sys.stderr)
     return bench, sweep
 
 
@@ -119,12 +146,14 @@ def main(argv=None) -> int:
     ap.add_argument("results", nargs="+", help="benchmark / tile-sweep JSON files")
     ap.add_argument("--out", help="also write the table to this markdown file")
     args = ap.parse_args(argv)
-    table = markdown(targets(*load(args.results)))
+    results = load(args.results)
+    out = prepare_out(args.out) if args.out else None  # a bad --out fails before the table, not after it
+    table = markdown(targets(*results))
     print(table, end="")
-    if args.out:
-        Path(args.out).write_text(table)
+    if out:
+        out.write_text(table)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import device_info, env_vars, matmul_tflops, time_cuda_adaptive  # noqa: E402
-from compile_report import variant_env  # noqa: E402
+from bench_utils import device_info, env_vars, matmul_tflops, positive_int, time_cuda_adaptive  # noqa: E402
+from compile_report import variant_env, variant_name  # noqa: E402
 from test_bench_tap import useful_flops  # noqa: E402
 
 from tap_fast.kernels import tap_scores  # noqa: E402
@@ -55,9 +55,10 @@ def measure(q, s, t, rows, uv_load, dense, modes=("fwd", "fwd_bwd")):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--variants", nargs="+", default=["64/broadcast", "64/rows", "128/broadcast", "128/rows"],
+    ap.add_argument("--variants", nargs="+", type=variant_name,
+                    default=["64/broadcast", "64/rows", "128/broadcast", "128/rows"],
                     help="ROWS/UV_LOAD pairs; the first is the reference for rel_diff_vs_first")
-    ap.add_argument("--T", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--T", type=positive_int, nargs="+", default=[32, 64])
     ap.add_argument("--bwd-cost-ratios", type=float, nargs="*", default=[1.25, 2.0],
                     help="forward+backward of the first variant again with these TAP_FAST_BWD_COST_RATIO values "
                          "(how plan_backward splits the SMs between the passes; default 1.5)")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "host_cost.py"
 
 _SCRIPT = """
 import json, sys
@@ -26,3 +27,23 @@ def test_host_cost_reports_the_call_and_its_first_launch():
         # the stubbed forward launch was reached, and after the call had started
         assert 0 < row["us_to_first_launch"] < row["us_per_call"]
     assert 0 < fwd["aten_ops"] < fwd_bwd["aten_ops"]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bad_numbers_are_refused_before_the_run():
+    for flag, value in (("--calls", "0"), ("--batches", "-1"), ("--t", "0"), ("--calls", "many")):
+        run = _run(flag, value)
+        assert run.returncode == 2 and f"argument {flag}: expected an integer >= 1" in run.stderr, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr and not run.stdout
+
+
+def test_out_folders_are_created(tmp_path):
+    out = tmp_path / "new" / "hc"
+    run = _run("--batches", "1", "--calls", "1", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "USDT" not in run.stderr and "gpuGetDeviceCount" not in run.stderr  # the profiler's log lines
+    assert [r["mode"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == ["fwd", "fwd_bwd"]
+    assert out.with_suffix(".md").read_text().startswith("# Fused TAP op, host cost")

@@ -3,9 +3,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from targets import load, targets  # noqa: E402
+from bench_utils import run_cli  # noqa: E402
+from targets import load, main, targets  # noqa: E402
 
 H200 = sorted((REPO / "bench" / "results").glob("tap_h200_*_20261127.json"))
 
@@ -44,3 +47,41 @@ def test_soft_dtw_sweep_and_dali_rows(tmp_path):
     assert rows["DALI mixed decoding, H.264 256 px: clips/s recorded"]["measured"].startswith("900")
     fwd = rows["fused forward, Q = S = 64: >= 50% of dense bf16"]
     assert fwd["met"] is True and "128/broadcast" in fwd["measured"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("# not JSON\n", "is not JSON"),
+    ("[1, 2]", "holds an array; expected"),
+    ('{"benchmarks": 3}', '"benchmarks" must be a list of objects'),
+    ('{"rows": [1]}', '"rows" must be a list of objects'),
+])
+def test_bad_result_files_give_one_line_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content)
+    assert run_cli(main, [str(path), "--out", str(tmp_path / "t.md")]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {path}") and message in err and err.count("\n") == 1, err
+    assert not out and not (tmp_path / "t.md").exists()
+
+
+def test_out_folders_are_created_and_an_unusable_out_fails_before_the_table(tmp_path, capsys):
+    out = tmp_path / "new" / "sub" / "targets.md"
+    assert run_cli(main, [*map(str, H200), "--out", str(out)]) == 0
+    assert out.read_text() == capsys.readouterr().out
+    (tmp_path / "file").write_text("")
+    for bad in (tmp_path / "file" / "t.md", tmp_path):  # a file in the way; a folder named as the file
+        assert run_cli(main, [*map(str, H200), "--out", str(bad)]) == 2
+        printed, err = capsys.readouterr()
+        assert err.startswith(f"error: --out {bad}") and not printed, err
+
+
+def test_a_bad_file_among_several_is_skipped_with_a_warning(tmp_path, capsys):
+    """A GPU session passes every JSON it made; one cut short by a killed stage must not cost the table."""
+    (tmp_path / "cut.json").write_text('{"benchmarks": [')
+    assert run_cli(main, [*map(str, H200), str(tmp_path / "cut.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "fused forward" in out and err.startswith("warning: skipped") and "cut.json" in err
+    assert run_cli(main, [str(tmp_path / "cut.json"), str(tmp_path / "missing.json")]) == 2
+    assert "no readable result file" in capsys.readouterr().err

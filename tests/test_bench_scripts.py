@@ -1,0 +1,93 @@
+"""The bench scripts' shared command-line helpers (bench/bench_utils.py), bench/report.py and
+bench/compile_report.py's argument checks: bad inputs give one-line errors, before the work."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import report  # noqa: E402
+from bench_utils import InputError, git_commit, prepare_out, run_cli  # noqa: E402
+
+
+def _bench(name, params, extra, group=None, mean=0.001):
+    return {"name": name, "group": group, "params": params, "extra_info": extra, "stats": {"mean": mean}}
+
+
+def _results(tmp_path, name, benchmarks) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": benchmarks}))
+    return str(path)
+
+
+def test_git_commit_is_the_bench_scripts_checkout_from_any_directory(tmp_path, monkeypatch):
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    monkeypatch.delenv("TAP_FAST_COMMIT", raising=False)
+    monkeypatch.chdir(tmp_path)  # not a repository
+    assert git_commit() == head.stdout.strip()
+    monkeypatch.setenv("TAP_FAST_COMMIT", "abc1234")
+    assert git_commit() == "abc1234"
+
+
+def test_prepare_out_creates_folders_and_refuses_unusable_paths(tmp_path):
+    assert prepare_out(tmp_path / "a" / "b" / "out", (".md", ".json")) == tmp_path / "a" / "b" / "out"
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "f").write_text("")
+    (tmp_path / "d.md").mkdir()
+    for bad, suffixes in ((tmp_path / "f" / "out", ()), (tmp_path / "d", (".md",)), (".", (".md",))):
+        with pytest.raises(InputError, match="--out"):
+            prepare_out(bad, suffixes)
+
+
+def test_report_header_takes_device_and_commit_from_the_rows_that_have_them(tmp_path, capsys):
+    decode = [_bench("test_decode[pyav]", {"decoder": "pyav"}, {"device": "cpu", "clips_per_s": 100.0})]
+    tap = [_bench(f"test_tap[{t}]", {"T": t, "impl": "fused"}, {"device": "CPU (x86_64, 2 threads)", "commit": "abc1234",
+                                                                 "time_ms": 2.0 * t}, group="tap") for t in (4, 8)]
+    other = [_bench("test_tap[16]", {"T": 16, "impl": "fused"}, {"commit": "def5678", "time_ms": 40.0}, group="tap")]
+    files = [_results(tmp_path, "a.json", decode + tap), _results(tmp_path, "b.json", other)]
+    out = tmp_path / "reports" / "run"  # a folder that does not exist yet
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_cli(report.main, [*files, "--out", str(out)]) == 0
+    assert not [w for w in caught if "legend" in str(w.message)], [str(w.message) for w in caught]
+    text = out.with_suffix(".md").read_text()
+    assert "- device: cpu; CPU (x86_64, 2 threads)\n" in text
+    assert "- commit: abc1234; def5678\n" in text
+    assert "| decoder=pyav |  |" in text  # the row without T stays in the tables
+    assert out.with_suffix(".png").is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_report_plots_only_rows_with_the_x_parameter(tmp_path):
+    rows, _ = report.load_rows([_results(tmp_path, "d.json", [_bench("d", {"decoder": "pyav"}, {"device": "cpu"})])], "T")
+    assert report.plot(rows, "T", "t", tmp_path / "p.png") is False and not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), ("not json", "is not JSON"), ("[]", "holds an array"),
+    ('{"benchmarks": []}', "no benchmarks in"), ('{"benchmarks": [{"name": "x"}]}', "neither extra_info.time_ms"),
+])
+def test_report_bad_inputs_give_one_line_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "in.json"
+    if content is not None:
+        path.write_text(content)
+    assert run_cli(report.main, [str(path), "--out", str(tmp_path / "out" / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compile_report_refuses_bad_variant_names_before_compiling():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for variant in ("64/foo", "64", "48/rows"):
+        run = subprocess.run([sys.executable, str(REPO / "bench" / "compile_report.py"), "--variants", "64/rows", variant],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "argument --variants: expected ROWS/UV_LOAD" in run.stderr, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr and not run.stdout
