@@ -46,11 +46,14 @@ def test_alignment_heads_train_under_bf16_autocast(data_root, tmp_path, head):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
-def test_set_and_flags_parse():
+def test_set_and_flags_parse(tmp_path):
     config, options = parse_args(["--set", "mlp_hidden=[32,16]", "--set", "optimizer=sgd", "--precision", "bf16",
-                                  "--episodes-per-step", "4", "--resume", "--stop-after", "7", "--profile"])
+                                  "--episodes-per-step", "4", "--stop-after", "7", "--profile"])
     assert config.mlp_hidden == (32, 16) and config.optimizer == "sgd" and config.precision == "bf16"
     assert config.episodes_per_step == 4 and config.feature_dim == 128  # the rest: the synthetic preset
-    assert (options.resume, options.stop_after, options.profile) == ("auto", 7, True)
+    assert (options.resume, options.stop_after, options.profile) == (None, 7, True)
+    # a bare --resume reads <out-dir>/last.pt while parsing (tests/test_resume.py covers a real one)
+    with pytest.raises(FileNotFoundError, match=f"checkpoint not found: {tmp_path}/last.pt"):
+        parse_args(["--resume", "--out-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_args(["--set", "no_such_field=1"])
