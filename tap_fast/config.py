@@ -4,7 +4,8 @@ A preset names a dataset and the hyper-parameters that go with it. The paper pre
 TAP paper (Section 5.2): T = 6 sparse frames, resize 256, crop 224, ResNet-50 from ImageNet
 weights, BiLSTM 2048 -> 2 x 1024, MLP 1024-256-64-1, SGD lr 1e-3 x0.1 every 200 epochs, momentum
 0.9, weight decay 1e-4, gradient-norm clip 40 on the backbone and BiLSTM, horizontal flip on
-Kinetics only. The "synthetic" preset is sized to train on a laptop CPU in minutes.
+Kinetics, UCF101 and HMDB51 (never on Something-Something, whose labels say left/right). The
+"synthetic" preset is sized to train on a laptop CPU in minutes.
 """
 from __future__ import annotations
 

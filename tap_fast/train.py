@@ -162,6 +162,10 @@ def _resume_config(fresh: TrainConfig, typed: dict, resume: str) -> TrainConfig:
     overrides = dict(typed)
     if resume == "auto" and Path(saved.out_dir).resolve() != Path(fresh.out_dir).resolve():
         overrides["out_dir"] = fresh.out_dir  # the run was found here (moved, or another working directory)
+    elif resume != "auto" and "out_dir" not in typed:
+        # the run goes on in the checkpoint's folder: the saved out_dir may be relative to another
+        # working directory, or the run may have moved
+        overrides["out_dir"] = str(Path(resume).parent)
     config = saved.replace(**overrides)
     # other changes are refused by check_resumable, which names them
     changed = [f"{key} {getattr(saved, key)!r} -> {getattr(config, key)!r}" for key in overrides
@@ -209,8 +213,10 @@ def validate_config(config: TrainConfig) -> None:
         if getattr(config, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     for name in ("lr", "clip_norm", "otam_gamma"):  # `not > 0` also refuses NaN; clip_norm inf: no clipping
-        if not getattr(config, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
+        value = getattr(config, name)
+        if not value > 0 or (name != "clip_norm" and math.isinf(value)):
+            raise ValueError(f"--{name.replace('_', '-')} must be {'> 0' if name == 'clip_norm' else 'finite and > 0'}, "
+                             f"got {value}")
     if not 0 < config.lr_gamma <= 1:
         raise ValueError(f"--lr-gamma must be in (0, 1] (the factor applied every lr_step_epochs), "
                          f"got {config.lr_gamma}")
@@ -314,6 +320,11 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     if options.overwrite and options.resume:
         raise ValueError(_OVERWRITE_AND_RESUME)
     previous = distributed.broadcast_object(previous_run(out_dir) if main else None, ctx)  # rank 0's disk
+    resumes_elsewhere = (options.resume not in (None, "auto")
+                         and Path(options.resume).resolve().parent != out_dir.resolve())
+    if previous and resumes_elsewhere:  # continuing one run in another run's folder would overwrite it
+        raise ValueError(f"--out-dir {out_dir} already holds another run ({', '.join(previous)}); continue "
+                         f"{options.resume} in its own folder (leave --out-dir out) or in a new --out-dir")
     if previous and not options.resume and not options.overwrite:
         if "last.pt" in previous:
             resume_hint = "continue it with --resume, "

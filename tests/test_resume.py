@@ -221,6 +221,32 @@ def test_cli_resume_continues_with_the_checkpoint_settings(data_root, tmp_path, 
     assert capsys.readouterr().err == f"error: checkpoint not found: {tmp_path / 'none' / 'last.pt'}\n"
 
 
+def test_resume_by_path_continues_in_the_checkpoints_folder(data_root, tmp_path, monkeypatch, capsys):
+    """--resume PATH from another working directory: the run goes on beside PATH (its saved out_dir is
+    relative to where it started), and another run's folder named by --out-dir is refused, not overwritten."""
+    from tap_fast.train import main, parse_args
+
+    config = tiny_config(data_root, "runs/rel", episodes=8, val_every=4)  # out_dir relative, as typed
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    monkeypatch.chdir(tmp_path / "A")
+    with one_thread():
+        assert main([*tiny_cli_args(config), "--stop-after", "2"]) == 0
+    checkpoint = tmp_path / "A" / "runs" / "rel" / "last.pt"
+    monkeypatch.chdir(tmp_path / "B")
+    assert parse_args(["--resume", str(checkpoint)])[0].out_dir == str(checkpoint.parent)
+    other = tiny_config(data_root, tmp_path / "B" / "other", episodes=2, val_every=2)
+    with one_thread():
+        assert main(tiny_cli_args(other)) == 0
+    capsys.readouterr()
+    assert main(["--resume", str(checkpoint), "--out-dir", str(tmp_path / "B" / "other"), "--no-progress"]) == 2
+    assert "already holds another run" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "B" / "other" / "last.pt")["config"]["episodes"] == 2  # untouched
+    with one_thread():
+        assert main(["--resume", str(checkpoint), "--no-progress"]) == 0
+    assert load_checkpoint(checkpoint)["episode"] == 8 and not (tmp_path / "B" / "runs").exists()
+
+
 def test_first_speed_record_after_resume_counts_only_its_own_steps(data_root, tmp_path, monkeypatch):
     """A log interval cut by a stop: after --resume its loss and accuracy still average all its steps (as
     an uninterrupted run's), but episodes/s divides only the steps timed since the resume."""
