@@ -11,12 +11,12 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable
 
 import torch
 
 __all__ = ["env_vars", "time_cuda", "time_cuda_adaptive", "time_cpu", "time_fn", "peak_memory_bytes", "device_info",
-           "matmul_tflops", "git_commit", "REPO_ROOT", "InputError", "fail", "run_cli", "int_at_least", "positive_int",
+           "matmul_tflops", "git_commit", "REPO_ROOT", "InputError", "run_cli", "int_at_least", "positive_int",
            "read_json", "prepare_out", "quiet_profiler_logs"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -148,12 +148,6 @@ def device_info(device: torch.device | str | None = None) -> dict:
 class InputError(Exception):
     """A bad input to a bench script (a missing or malformed file, an unusable --out): reported by
     run_cli as one line, ``error: <message>``, with exit code 2."""
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: <message>`` on stderr and exit (2: a bad input)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from tap_fast.evaluate import (VideoFeatureCache, check_json_path, model_from_ch
 class Prediction:
     query: str
     predicted: str
-    probabilities: dict[str, float]  # class -> softmax of the class scores, classes in support order
+    probabilities: dict[str, float]  # class -> softmax of the class scores, classes sorted by name
 
 
 class EvalClips:
@@ -100,12 +100,13 @@ def query_records(paths, min_frames: int) -> list[VideoRecord]:
         path = Path(text).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"--query {path}: no such file or folder")
+        inside = [] if path.is_file() else videos_in(path)
         if path.is_file():
             if not is_video_file(path.name):
                 raise ValueError(f"--query {path}: not a video file (extensions: mp4, webm, avi, mkv, ...)")
             found.append(path)
-        elif videos_in(path):
-            found += videos_in(path)
+        elif inside:
+            found += inside
         elif frame_files(path):
             found.append(path)
         else:
