@@ -153,12 +153,16 @@ def parse_args(argv=None) -> tuple[TrainConfig, RunOptions]:
     return config, options
 
 
+def resume_path(out_dir, resume: str) -> Path:
+    """The checkpoint --resume continues: <out-dir>/last.pt for a bare --resume, else the path given."""
+    return Path(out_dir) / "last.pt" if resume == "auto" else Path(resume)
+
+
 def _resume_config(fresh: TrainConfig, typed: dict, resume: str) -> TrainConfig:
     """--resume: the checkpoint's settings, with those typed on the command line (`typed`) on top;
-    says which of them changed. The checkpoint is found as _train finds it: the path given, or
-    <out-dir>/last.pt with --out-dir as typed or by default (`fresh`: the command line's config)."""
-    saved = TrainConfig.from_dict(load_checkpoint(Path(fresh.out_dir) / "last.pt" if resume == "auto"
-                                                  else Path(resume))["config"])
+    says which of them changed. The checkpoint: resume_path, with --out-dir as typed or by default
+    (`fresh`: the command line's config)."""
+    saved = TrainConfig.from_dict(load_checkpoint(resume_path(fresh.out_dir, resume))["config"])
     overrides = dict(typed)
     if resume == "auto" and Path(saved.out_dir).resolve() != Path(fresh.out_dir).resolve():
         overrides["out_dir"] = fresh.out_dir  # the run was found here (moved, or another working directory)
@@ -338,7 +342,7 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     # ---- resume: read and check the checkpoint now, before the data and the model are built -------
     checkpoint = None
     if options.resume:
-        path = out_dir / "last.pt" if options.resume == "auto" else Path(options.resume)
+        path = resume_path(out_dir, options.resume)
         checkpoint = load_checkpoint(path)
         if "optimizer" not in checkpoint:
             raise ValueError(f"--resume: {path} holds model weights only (best.pt: the weights chosen on "
