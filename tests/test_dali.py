@@ -159,9 +159,31 @@ def test_train_keeps_last_pt_when_dali_fails_mid_run(tmp_path, monkeypatch, caps
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")
-def test_dali_gpu_matches_cpu(video_index):
-    kwargs = dict(way=2, shot=1, query=1, frames=4, train=False, resize=None, crop=40, seed=5)
-    (gpu,) = DaliEpisodeLoader(video_index, "train", range(1), device="gpu", **kwargs)
-    (cpu,) = DaliEpisodeLoader(video_index, "train", range(1), device="cpu", **kwargs)
+def test_dali_gpu_matches_cpu(tmp_path):
+    # NVDEC's smallest VP9 frame is 128x128 (the 64x48 clips above are refused)
+    root = make_root(tmp_path / "d", "video", classes=6, videos=2, frames=12, h=128, w=160)
+    index = build_dataset_index(root).index
+    kwargs = dict(way=2, shot=1, query=1, frames=4, train=False, resize=None, crop=120, seed=5)
+    (gpu,) = DaliEpisodeLoader(index, "train", range(1), device="gpu", **kwargs)
+    (cpu,) = DaliEpisodeLoader(index, "train", range(1), device="cpu", **kwargs)
     assert gpu["support"].is_cuda
     assert (gpu["support"].cpu() - cpu["support"]).abs().mean() < MEAN_TOL / 255 / 0.225
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")
+def test_dali_gpu_h264_matches_pyav_for_the_same_indices(tmp_path):
+    """H.264, which only the GPU decoder reads: the frames asked for, in the order asked."""
+    video = write_h264(tmp_path / "ramp.mp4", frames=16, size=64)  # frame t is flat grey 10 * t
+    idx = [0, 5, 15, 3, 3]
+    got = DaliVideoDecoder("gpu").decode(video, idx).astype(int)
+    ref = decode_video(video)[idx].astype(int)
+    assert got.shape == ref.shape == (5, 64, 64, 3)
+    assert np.abs(got - ref).mean() < MEAN_TOL, np.abs(got - ref).mean()
+    assert np.abs(got - decode_video(video)[[i ^ 1 for i in idx]].astype(int)).mean() > 3 * MEAN_TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")
+def test_dali_gpu_names_a_video_under_nvdec_minimum(video_index):
+    small = video_index.records()[0].path  # VP9, 64x48
+    with pytest.raises(VideoDecodeError, match=r"vid\d\.webm.*too small"):
+        DaliVideoDecoder("gpu").decode(small, [0, 1])

@@ -30,7 +30,8 @@ def clip(c: int, v: int, frames: int = FRAMES, h: int = 48, w: int = 64) -> np.n
     return out
 
 
-def make_root(root: Path, kind: str, classes: int = 6, videos: int = 3, frames: int = FRAMES) -> Path:
+def make_root(root: Path, kind: str, classes: int = 6, videos: int = 3, frames: int = FRAMES,
+              h: int = 48, w: int = 64) -> Path:
     from PIL import Image
 
     from tap_fast.data.synthetic import write_webm
@@ -39,7 +40,7 @@ def make_root(root: Path, kind: str, classes: int = 6, videos: int = 3, frames: 
         d = root / f"class_{c}"
         d.mkdir(parents=True)
         for v in range(videos):
-            x = clip(c, v, frames)
+            x = clip(c, v, frames, h, w)
             if kind == "video":
                 write_webm(d / f"vid{v}.webm", x)
             else:
@@ -458,7 +459,8 @@ def test_choose_decoder(video_root, frame_root, monkeypatch):
     videos = build_dataset_index(video_root, split_dir=video_root / "splits").index
     frames = build_dataset_index(frame_root, split_dir=frame_root / "splits").index
     monkeypatch.setattr(sd, "dali_version", lambda: "9.9")
-    assert sd.choose_decoder("auto", videos, cuda=True)[0] == "dali-gpu"
+    large = DatasetIndex(videos.records(), codecs={"vp9"}, smallest_frames={"vp9": (128, 128)})
+    assert sd.choose_decoder("auto", large, cuda=True)[0] == "dali-gpu"
     assert sd.choose_decoder("auto", frames, cuda=True)[0] == "dali-gpu"
     assert sd.choose_decoder("auto", frames, cuda=False)[0] == "pil"
     name, reason = sd.choose_decoder("auto", videos, cuda=False)
@@ -481,6 +483,26 @@ def test_choose_decoder(video_root, frame_root, monkeypatch):
     monkeypatch.setattr(sd, "dali_version", lambda: None)
     with pytest.raises(ValueError, match="needs NVIDIA DALI"):
         sd.choose_decoder("dali-cpu", frames, cuda=False)
+
+
+def test_videos_under_nvdec_minimum_size_are_not_given_to_the_gpu_decoder(video_root, monkeypatch):
+    """NVDEC refuses VP9 under 128x128 (measured on an H200: DALI asserts "Video is too small"
+    mid-run): auto picks a CPU decoder and says why; a forced dali-gpu is refused up front."""
+    from tap_fast.data import select_decoder as sd
+
+    videos = build_dataset_index(video_root, split_dir=video_root / "splits").index  # VP9, 64x48
+    assert videos.smallest_frames == {"vp9": (64, 48)}
+    monkeypatch.setattr(sd, "dali_version", lambda: "9.9")
+    name, reason = sd.choose_decoder("auto", videos, cuda=True)
+    assert name == "pyav" and "vp9 videos of 64x48, under NVDEC's 128x128 minimum" in reason
+    with pytest.raises(ValueError, match=r"dali-gpu cannot read this dataset: vp9 videos of 64x48.*dali-cpu or pyav"):
+        sd.choose_decoder("dali-gpu", videos, cuda=True)
+    bare = DatasetIndex(videos.records())  # no sizes recorded (the synthetic set): a few are probed
+    assert sd.choose_decoder("auto", bare, cuda=True)[0] != "dali-gpu"
+    h264 = DatasetIndex(videos.records(), codecs={"h264"}, smallest_frames={"h264": (64, 48)})
+    assert sd.choose_decoder("auto", h264, cuda=True)[0] == "dali-gpu"  # H.264's minimum is 48x16
+    hevc = DatasetIndex(videos.records(), codecs={"hevc"}, smallest_frames={"hevc": (140, 200)})
+    assert "under NVDEC's 144x144 minimum" in sd.choose_decoder("auto", hevc, cuda=True)[1]
 
 
 def test_decoder_choice_sees_every_videos_codec(tmp_path, monkeypatch):

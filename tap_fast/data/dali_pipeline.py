@@ -16,8 +16,10 @@ next episodes overlaps the training step. num_shards/shard_id give each DDP rank
 num_shards-th episode. DALI's decode errors name no file: a pipeline failure is raised as a
 VideoDecodeError naming the failing episode's videos (train stops on it, keeping last.pt).
 
-GPU paths ("mixed" video and image decoding) are written to DALI's documented API but have not
-been run on a GPU in this project yet; the CPU paths are tested (tests/test_dali.py).
+NVDEC refuses frames under a per-codec minimum (VP9, AV1: 128x128; select_decoder.NVDEC_MIN_SIZE),
+so the automatic choice gives smaller videos (the 64 px synthetic set) to a CPU decoder. The "mixed"
+video path was run on an H200 (tests/test_dali.py, bench/test_bench_decode.py); the "mixed" image
+(JPEG frame folder) path has not been run on a GPU yet.
 """
 from __future__ import annotations
 
@@ -192,11 +194,15 @@ class DaliEpisodeLoader:
         so that training stops with its one-line error and keeps last.pt."""
         ep = self.sampler.sample(k)
         paths = dict.fromkeys(str(r.path) for r in list(ep.support) + list(ep.query))
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        # DALI's reason follows "encountered:"; its first line ("Critical error in pipeline") says less
-        detail = lines[lines.index("encountered:") + 1] if "encountered:" in lines[:-1] else lines[0]
         return VideoDecodeError(f"(one of: {', '.join(paths)})",
-                                f"DALI ({self.device}) failed on episode {k}: {detail}")
+                                f"DALI ({self.device}) failed on episode {k}: {dali_reason(error)}")
+
+
+def dali_reason(error: Exception) -> str:
+    """The line of a DALI pipeline error that says what went wrong: it follows "encountered:";
+    the first line ("Critical error in pipeline:") says less."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return lines[lines.index("encountered:") + 1] if "encountered:" in lines[:-1] else lines[0]
 
 
 class DaliVideoDecoder:
@@ -244,7 +250,7 @@ class DaliVideoDecoder:
             (out,) = self._pipe.run()
         except RuntimeError as e:
             self._pipe = None  # a failed run leaves the pipeline unusable: rebuild on the next call
-            raise VideoDecodeError(path, f"DALI: {str(e).splitlines()[0]}") from e
+            raise VideoDecodeError(path, f"DALI: {dali_reason(e)}") from e
         if self.device == "gpu":
             out = out.as_cpu()
         return np.asarray(out[0])

@@ -31,7 +31,8 @@ place does not change) in ``root/.tap_fast_index.json``, written atomically; a r
 falls back to ``cache_dir``. Problems (missing or a broken symlink, unreadable, empty, truncated,
 too short) are reported by name (for frame folders: the first bad frame, every frame's first and
 last bytes checked); ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
-The index carries the codec of every usable video (DatasetIndex.codecs) for the decoder choice.
+The index carries the codec of every usable video (DatasetIndex.codecs) and each codec's smallest
+frame size (DatasetIndex.smallest_frames: NVDEC has minimum sizes) for the decoder choice.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".m
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 POLICIES = ("fail", "skip")
 CACHE_NAME = ".tap_fast_index.json"
-CACHE_VERSION = 2  # 2: every frame of a frame folder is checked (1 checked the first and last)
+CACHE_VERSION = 3  # 3: a video's frame size is kept (NVDEC's minimum); 2: every frame of a frame folder checked
 CLASS_SPLIT = (64, 12, 24)  # train / val / test classes of Kinetics-100 and SSv2 few-shot splits
 
 # Class counts the public splits have, checked (as a warning) when a preset names its dataset.
@@ -309,38 +310,46 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
     Never raises for a bad file: whatever PyAV does with a corrupt one (FFmpeg errors, or None /
     odd attributes, e.g. no codec_context for a header cut short) becomes the problem string.
     """
+    frames, codec, problem, _ = probe_video_and_size(path)
+    return frames, codec, problem
+
+
+def probe_video_and_size(path: str | os.PathLike) -> tuple[int, str | None, str | None, list[int] | None]:
+    """probe_video's (frames, codec, problem) and the first frame's [width, height] (None when
+    no frame decodes): NVDEC refuses videos under a per-codec minimum size."""
     import av
 
     path = Path(path)
     if not path.exists():  # stat() would fail: say what is wrong with the name, not an errno
         if path.is_symlink():
-            return 0, None, f"broken symbolic link (its target {os.readlink(path)} does not exist)"
-        return 0, None, "missing (no such file)"
+            return 0, None, f"broken symbolic link (its target {os.readlink(path)} does not exist)", None
+        return 0, None, "missing (no such file)", None
     try:
         if path.stat().st_size == 0:
-            return 0, None, "empty file (0 bytes)"
+            return 0, None, "empty file (0 bytes)", None
         with av.open(str(path)) as container:
             if not container.streams.video:
-                return 0, None, "no video stream"
+                return 0, None, "no video stream", None
             stream = container.streams.video[0]
             if stream.codec_context is None:  # the stream's codec parameters are missing (truncated header)
-                return 0, None, "unreadable (no codec parameters for the video stream: truncated or corrupt header)"
+                return 0, None, "unreadable (no codec parameters for the video stream: truncated or corrupt header)", None
             codec = stream.codec_context.name
             frames = sum(1 for packet in container.demux(stream) if packet.size)
             declared = stream.frames
             if not declared and container.duration and stream.average_rate:
                 declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
         if frames == 0:
-            return 0, codec, "no video frames (empty or truncated file)"
+            return 0, codec, "no video frames (empty or truncated file)", None
         with av.open(str(path)) as container:
-            next(container.decode(video=0))
+            first = next(container.decode(video=0))
+            size = [int(first.width), int(first.height)]
     except StopIteration:
-        return 0, None, "no frame could be decoded"
+        return 0, None, "no frame could be decoded", None
     except Exception as e:  # a corrupt file must be reported by name, whatever PyAV raised for it
-        return 0, None, f"unreadable ({type(e).__name__}: {e})"
+        return 0, None, f"unreadable ({type(e).__name__}: {e})", None
     if declared and frames < declared - max(1, declared // 20):
-        return frames, codec, f"truncated (header declares ~{declared} frames, {frames} present)"
-    return frames, codec, None
+        return frames, codec, f"truncated (header declares ~{declared} frames, {frames} present)", size
+    return frames, codec, None, size
 
 
 def frame_files(folder: str | os.PathLike) -> list[str]:
@@ -450,9 +459,10 @@ def _signature(path: Path) -> list[int]:
 
 def probe_items(root: Path, fmt: str, items: list[Item], cache_file: Path | None,
                 progress: bool = False) -> dict[str, dict]:
-    """{rel: {"frames", "codec", "problem"}} for every item, probing only what the cache lacks."""
+    """{rel: {"frames", "codec", "problem", "size"}} for every item, probing only what the cache
+    lacks ("size": a video's [width, height], None for frame folders)."""
     cached = _load_cache(cache_file, fmt) if cache_file is not None else {}
-    probe = probe_video if fmt == "video-folders" else probe_frame_folder
+    probe = probe_video_and_size if fmt == "video-folders" else (lambda p: (*probe_frame_folder(p), None))
     results, changed = {}, False
     from tqdm.auto import tqdm
 
@@ -464,8 +474,8 @@ def probe_items(root: Path, fmt: str, items: list[Item], cache_file: Path | None
         if hit is not None and hit.get("sig") == sig:
             results[it.rel] = hit
             continue
-        frames, codec, problem = probe(path)
-        results[it.rel] = {"sig": sig, "frames": frames, "codec": codec, "problem": problem}
+        frames, codec, problem, size = probe(path)
+        results[it.rel] = {"sig": sig, "frames": frames, "codec": codec, "problem": problem, "size": size}
         changed = True
     if cache_file is not None and (changed or set(cached) - set(results)):
         merged = dict(cached)
@@ -504,7 +514,7 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
     except PermissionError:
         cache_file = None
     probed = probe_items(root, fmt, items, cache_file, progress)
-    records, codecs = [], set()
+    records, codecs, smallest = [], set(), {}
     for it in items:
         r = probed[it.rel]
         if r["problem"] is None and r["frames"] < min_frames:
@@ -514,6 +524,9 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
         else:
             records.append(VideoRecord(root / it.rel, it.class_name, it.split, int(r["frames"])))
             codecs.add(r["codec"])
+            if r.get("size"):
+                w, h = smallest.get(r["codec"], r["size"])
+                smallest[r["codec"]] = (min(w, r["size"][0]), min(h, r["size"][1]))
     if problems and not records:
         raise BadVideoError(problems, hint=f"\n{root}: no usable video is left")
     if problems and policy == "fail":
@@ -523,7 +536,8 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
               f"{problems[0][0]}: {problems[0][1]}", file=sys.stderr, flush=True)
     if not records:
         raise ValueError(f"{root}: no usable videos")
-    return IndexReport(DatasetIndex(records, codecs=codecs), codecs, problems, cache_file)
+    index = DatasetIndex(records, codecs=codecs, smallest_frames=smallest or None)
+    return IndexReport(index, codecs, problems, cache_file)
 
 
 def check_class_counts(index: DatasetIndex, preset: str) -> str | None:

@@ -40,13 +40,16 @@ class DatasetIndex:
     belongs to exactly one split (few-shot splits are disjoint by class).
 
     codecs: the codec names of every video (FFmpeg's, "jpeg" for frame folders) when the index
-    was built by probing each one (formats.build_dataset_index), else None; the decoder choice
-    uses it. Not saved with the index.
+    was built by probing each one (formats.build_dataset_index), else None; smallest_frames: for
+    each video codec, the smallest (width, height) seen (NVDEC refuses videos under a per-codec
+    minimum), likewise probed. The decoder choice uses both. Neither is saved with the index.
     """
 
-    def __init__(self, records: Iterable[VideoRecord], codecs: Iterable[str] | None = None):
+    def __init__(self, records: Iterable[VideoRecord], codecs: Iterable[str] | None = None,
+                 smallest_frames: dict[str, tuple[int, int]] | None = None):
         self._records: tuple[VideoRecord, ...] = tuple(records)
         self.codecs = frozenset(codecs) if codecs is not None else None
+        self.smallest_frames = dict(smallest_frames) if smallest_frames is not None else None
         self._by_class: "OrderedDict[str, list[VideoRecord]]" = OrderedDict()
         class_split: dict[str, str] = {}
         seen_paths: set[Path] = set()

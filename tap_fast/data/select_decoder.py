@@ -6,9 +6,10 @@
     pyav      PyAV (FFmpeg) on the CPU, any codec, whole clip decoded and cached in memory
     pil       PIL, for frame folders on the CPU
 
-auto: dali-gpu when a GPU and DALI are there; otherwise, for videos, pyav when the whole set
-decoded fits in memory (<= 1 GiB, e.g. the synthetic set: decoded once, then served from the
-cache), else dali-cpu when every video's codec is one DALI's CPU decoder reads, else pyav;
+auto: dali-gpu when a GPU and DALI are there and every video is at least NVDEC's minimum size
+for its codec (VP9, AV1: 128x128, HEVC: 144x144, H.264: 48x16; the 64 px synthetic set is not);
+otherwise, for videos, pyav when the whole set decoded fits in memory (<= 1 GiB, e.g. the
+synthetic set: decoded once, then served from the cache), else dali-cpu when every video's codec is one DALI's CPU decoder reads, else pyav;
 for frame folders, pil. The codecs are those the index recorded for every video (a real root);
 an index without them (the synthetic set) has the first few videos of each split probed.
 """
@@ -30,20 +31,40 @@ def dataset_kind(index: DatasetIndex) -> str:
     return "frames" if first is not None and first.path.is_dir() else "video"
 
 
-def probe_codecs(index: DatasetIndex, per_split: int = 3) -> set[str]:
-    """Codec names (FFmpeg's) of the first few videos of each split: the fallback for an index
-    that does not carry every video's codec (index.codecs is None)."""
+def probe_codecs(index: DatasetIndex, per_split: int = 3) -> dict[str, tuple[int, int] | None]:
+    """{codec name (FFmpeg's): smallest (width, height)} of the first few videos of each split: the
+    fallback for an index that does not carry every video's codec (index.codecs is None)."""
     import av
 
-    codecs = set()
+    smallest: dict[str, tuple[int, int] | None] = {}
     for split in SPLITS:
         for r in index.records(split)[:per_split]:
             try:
                 with av.open(str(r.path)) as c:
-                    codecs.add(c.streams.video[0].codec_context.name)
+                    ctx = c.streams.video[0].codec_context
+                    name, size = ctx.name, (ctx.width, ctx.height)
             except (av.error.FFmpegError, OSError, IndexError, AttributeError):  # AttributeError: no codec_context
-                codecs.add("unreadable")
-    return codecs
+                smallest.setdefault("unreadable", None)
+                continue
+            w, h = smallest.get(name) or size
+            smallest[name] = (min(w, size[0]), min(h, size[1]))
+    return smallest
+
+
+# NVDEC's smallest decodable frame per codec (NVIDIA Video Codec SDK, NVDEC programming guide;
+# DALI's "mixed" video decoder asserts "Video is too small" below it); 144 for codecs not listed.
+NVDEC_MIN_SIZE = {"h264": (48, 16), "mpeg1video": (48, 16), "mpeg2video": (48, 16), "mpeg4": (48, 16),
+                  "vp8": (48, 16), "hevc": (144, 144), "vp9": (128, 128), "av1": (128, 128)}
+
+
+def under_nvdec_minimum(smallest: dict[str, tuple[int, int] | None]) -> str | None:
+    """Why NVDEC cannot read every video ("vp9 videos of 64x48, under NVDEC's 128x128 minimum"),
+    or None when it can (as far as the sizes are known)."""
+    for codec, size in sorted(smallest.items()):
+        min_w, min_h = NVDEC_MIN_SIZE.get(codec, (144, 144))
+        if size is not None and (size[0] < min_w or size[1] < min_h):
+            return f"{codec} videos of {size[0]}x{size[1]}, under NVDEC's {min_w}x{min_h} minimum"
+    return None
 
 
 CACHE_FITS_BYTES = 1 << 30  # half of CachedDecoder's default budget
@@ -72,14 +93,22 @@ def choose_decoder(requested: str, index: DatasetIndex, cuda: bool | None = None
     cuda = torch.cuda.is_available() if cuda is None else cuda
     dali = dali_version()
     kind = dataset_kind(index)
+    too_small = None
     if kind == "frames":
         codecs = {"jpeg"}
-    else:  # every video's codec when the index has them: one odd file makes DALI's CPU decoder fail mid-run
-        codecs = set(index.codecs) if index.codecs is not None else probe_codecs(index)
+    elif index.codecs is not None:  # every video's codec: one odd file makes a DALI decoder fail mid-run
+        codecs = set(index.codecs)
+        too_small = under_nvdec_minimum(index.smallest_frames or {})
+    else:
+        probed = probe_codecs(index)
+        codecs, too_small = set(probed), under_nvdec_minimum(probed)
     dali_cpu_ok = kind == "frames" or codecs <= DALI_CPU_VIDEO_CODECS
     if requested == "auto":
-        if cuda and dali:
+        if cuda and dali and not too_small:
             return "dali-gpu", f"DALI {dali} on the GPU (NVDEC/nvJPEG)"
+        if cuda and dali:  # the CPU choices below, saying why the GPU decoder is not used
+            decoder, reason = choose_decoder(requested, index, cuda=False)
+            return decoder, f"{reason}; not DALI on the GPU: {too_small}"
         decoded = decoded_bytes(index) if kind == "video" else None
         if decoded is not None and decoded <= CACHE_FITS_BYTES:
             # Measured on the synthetic set (2 CPU cores): cached PyAV ~950 clips/s once warm,
@@ -95,6 +124,9 @@ def choose_decoder(requested: str, index: DatasetIndex, cuda: bool | None = None
         raise ValueError(f"--decoder {requested} needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
     if requested == "dali-gpu" and not cuda:
         raise ValueError("--decoder dali-gpu needs a CUDA GPU; none is visible")
+    if requested == "dali-gpu" and too_small:
+        raise ValueError(f"--decoder dali-gpu cannot read this dataset: {too_small} "
+                         f"(use {'dali-cpu or ' if dali_cpu_ok else ''}pyav)")
     if requested == "dali-cpu" and not dali_cpu_ok:
         raise ValueError(f"--decoder dali-cpu reads only {sorted(DALI_CPU_VIDEO_CODECS)} videos on the CPU; "
                          f"this dataset has {sorted(codecs)} (use pyav, or dali-gpu on a GPU)")
