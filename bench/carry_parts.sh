@@ -8,14 +8,19 @@
 #            makefun==1.16.0 libcst==1.9.0 nvtx==0.2.17 optree==0.20.0      # DALI and what it imports
 #          python bench/slim_dali.py /tmp/daliwhl /tmp/dali_site      # ~425 MB, sm_90 code only
 #          bash bench/carry_parts.sh split /tmp/dali_site .parts 56   # xz: 2 parts (~69 MB in all)
-#   calls: run(carry=[".parts/part_000", ".parts/part_000.sha256"], command="ls -l .parts"), then
+#   calls: run(carry=[".parts/part_000", ".parts/part_000.sha256"], command="bash bench/carry_parts.sh keep .parts")
+#          (or bench/gpu_session.sh, which keeps them too), then
 #          run(carry=[".parts/part_001"], command="... bash bench/dali_session.sh"), the second
-#          within the warm window of the first (a warm machine keeps what earlier calls carried);
+#          within the warm window of the first. A later call does NOT see what an earlier one carried
+#          (measured: .parts/part_000 was gone on the next call), but /tmp survives while the machine
+#          stays warm: `keep` copies the parts to /tmp/carried_parts, and `join` looks there for any
+#          part missing from the folder it is given.
 #   there: bench/dali_session.sh joins them (bash bench/carry_parts.sh join .parts /tmp/dali_site).
 # .parts/ must be ignored by git (.git/info/exclude); `join` checks the SHA-256 that `split` wrote and
 # decompresses with Python's lzma (no xz binary needed there).
 set -euo pipefail
-mode=${1:?split|join}
+mode=${1:?split|keep|join}
+KEPT=/tmp/carried_parts
 case "$mode" in
   split)
     src=${2:?source folder} parts=${3:?parts folder} mib=${4:-56}
@@ -25,8 +30,16 @@ case "$mode" in
     cat "$parts"/part_[0-9][0-9][0-9] | sha256sum | cut -d' ' -f1 >"$parts/part_000.sha256"
     ls -l "$parts"
     ;;
+  keep)
+    parts=${2:?parts folder}
+    mkdir -p "$KEPT"
+    cp "$parts"/part_* "$KEPT"/ 2>/dev/null || true
+    ls -l "$KEPT"
+    ;;
   join)
     parts=${2:?parts folder} dest=${3:?destination folder}
+    mkdir -p "$parts"
+    cp -n "$KEPT"/part_* "$parts"/ 2>/dev/null || true  # parts carried on earlier calls of this machine
     want=$(cat "$parts/part_000.sha256")
     got=$(cat "$parts"/part_[0-9][0-9][0-9] | sha256sum | cut -d' ' -f1)
     [[ "$got" == "$want" ]] || { echo "carry_parts: checksum mismatch (missing or broken part?)" >&2; exit 1; }
@@ -36,5 +49,5 @@ case "$mode" in
       tar xf - -C "$dest"
     du -sh "$dest"
     ;;
-  *) echo "usage: $0 split SRC PARTS [MiB] | join PARTS DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 split SRC PARTS [MiB] | keep PARTS | join PARTS DEST" >&2; exit 2 ;;
 esac

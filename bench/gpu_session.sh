@@ -8,12 +8,15 @@
 #
 #   device: TAP_FAST_COMMIT=<sha> DEADLINE=540 bash bench/gpu_session.sh   (carry .whl: av, pysdtw)
 #   With DALI to run too (15 min of device time): carry .whl/pysdtw-*.whl plus .parts/part_000 (and
-#   its .sha256) on this call, then at once, on the warm machine, .whl/av-*.whl plus .parts/part_001
-#   with bench/dali_session.sh: two calls, each under the 64 MiB a call may carry.
+#   its .sha256) on this call (this script keeps them in /tmp for the next call: a later call does not
+#   see what an earlier one carried), then at once, on the warm machine, .whl/av-*.whl plus
+#   .parts/part_001 with bench/dali_session.sh: two calls, each under the 64 MiB a call may carry.
 #   .whl here: pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #              --platform manylinux_2_28_x86_64 -d .whl av==18.1.0 pysdtw==0.0.5
-# Last run (H200, 2026-11-27, an older stage order): build 54 s, tests 103 s, soft-DTW 32 s, fused
-# TAP rows 198 s, reference rows 42 s, training 106 s; bench/results/gpu_session_h200_20261127.md.
+# Last run (H200, 2026-11-27 16:55, DEADLINE=450): build 39 s, soft-DTW 33 s, tile sweep 66 s, fused
+# 5w5s rows 19 s, profile 11 s, host cost 9 s, reference rows 33 s, tests 92 s, large rows 29 s,
+# T = 128 rows 31 s, TAP vs TAM 35 s: 408 s in all, every stage but training (PyAV not carried);
+# bench/results/h200_20261127_2/.
 # The stage order (below) puts first what the open issues still need; training (issue 6, measured)
 # runs last.  The TAP benchmark stages after the tile sweep use the knobs it found faster
 # (bench/tile_choice.py).
@@ -22,6 +25,7 @@ DEADLINE=${DEADLINE:-540}
 . "$(dirname "$0")/session_lib.sh"
 describe_machine
 install_carried_wheels
+bash bench/carry_parts.sh keep .parts >>"$LOG" 2>&1  # a DALI part carried on this call, for dali_session.sh
 build_extension || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
 # Every fused kernel the TAP benchmarks autotune (~300), compiled by 12 processes while the first
 # stages run, the tile sweep's first; autotuning alone compiles them one by one (~3 s each).

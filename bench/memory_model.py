@@ -28,13 +28,17 @@ from pathlib import Path
 from unittest import mock
 
 # The fused backend accepts CPU tensors only under the interpreter; nothing is interpreted here (the
-# launches are no-ops), but the tiles must be the GPU's: 64 rows unless the caller says otherwise.
+# launches are no-ops), but the tiles must be the GPU's (tap_triton.GPU_TILE_ROWS) unless the caller
+# set TAP_FAST_TILE_ROWS[_FWD|_BWD].
 os.environ["TRITON_INTERPRET"] = "1"
-os.environ.setdefault("TAP_FAST_TILE_ROWS", "64")
 
 import torch  # noqa: E402
 
 from tap_fast.kernels import tap_scores, tap_triton  # noqa: E402
+
+for _kernel, _rows in tap_triton.GPU_TILE_ROWS.items():
+    if not os.environ.get("TAP_FAST_TILE_ROWS"):
+        os.environ.setdefault(f"TAP_FAST_TILE_ROWS_{_kernel.upper()}", str(_rows))
 from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs  # noqa: E402
 
 try:

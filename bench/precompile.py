@@ -28,8 +28,9 @@ DEFAULT_VARIANT = "64/broadcast"
 SWEEP_VARIANTS = ["64/broadcast", "128/broadcast", "64/rows"]  # bench/tile_sweep.py in bench/gpu_session.sh
 EPISODES = ((64, 64), (5, 25))
 # In the order bench/gpu_session.sh needs them (the pool starts them in this order): the tile sweep's
-# (T = 64), the 5w5s rows, the large rows, then 128-row tiles at every T, which bench/tile_choice.py
-# may pick after the sweep.
+# (T = 64), the 5w5s rows, the large rows, then 128-row tiles at every T. The defaults (forward 128
+# rows, backward 64; tap_triton.GPU_TILE_ROWS) are among them: 128/broadcast's forward and
+# 64/broadcast's backward.
 DEFAULT_JOBS = list(dict.fromkeys(
     [(v, q, s, 64) for q, s in EPISODES for v in SWEEP_VARIANTS]
     + [(DEFAULT_VARIANT, q, s, t) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128)]

@@ -81,14 +81,21 @@ def _pad(n: int) -> int:
     return max(16, _next_pow2(n))  # tl.dot needs every dim >= 16
 
 
+# GEMM rows per tile on a GPU. Forward 128: on an H200 (bench/results/h200_20261127_2/tile_sweep_gpu.json)
+# it ran 1.34x faster than 64 at Q = S = 64, T = 64 (59% of dense bf16) and 1.12x at 5w5s, same memory.
+# Backward 64: 128 was ~9% faster but doubles the per-program dz2 scratch (5w5s T = 32 peak 171 MiB
+# against 138, 8.8x instead of 10.9x below torch.compile's; bench/memory_model.py, exact on that run).
+GPU_TILE_ROWS = {"fwd": 128, "bwd": 64}
+
+
 def _tile_shape(tq: int, ts: int, kernel: str) -> tuple[int, int]:
-    """(BI, BJ) for kernel "fwd" or "bwd": 64 GEMM rows per tile on GPU (fits H2 = 256 fp32 accumulators
-    in registers with 4-8 warps), 16 under the interpreter (tiny test shapes).  BJ follows Ts so short
-    clips waste little.  Benchmarking knobs (bench/tile_sweep.py), a power of two each:
-    TAP_FAST_TILE_ROWS sets both kernels' row count, TAP_FAST_TILE_ROWS_FWD / _BWD one kernel's (the
-    forward's partial sums do not constrain the backward's tiles)."""
+    """(BI, BJ) for kernel "fwd" or "bwd": GPU_TILE_ROWS GEMM rows per tile on a GPU, 16 under the
+    interpreter (tiny test shapes).  BJ follows Ts so short clips waste little.  Benchmarking knobs
+    (bench/tile_sweep.py), a power of two each: TAP_FAST_TILE_ROWS sets both kernels' row count,
+    TAP_FAST_TILE_ROWS_FWD / _BWD one kernel's (the forward's partial sums do not constrain the
+    backward's tiles)."""
     name = next((n for n in (f"TAP_FAST_TILE_ROWS_{kernel.upper()}", "TAP_FAST_TILE_ROWS") if os.environ.get(n)), None)
-    rows = os.environ[name] if name else (16 if _interpreting() else 64)
+    rows = os.environ[name] if name else (16 if _interpreting() else GPU_TILE_ROWS[kernel])
     least = 1 if _interpreting() else 16  # compiled, tl.dot needs 16 rows at least
     if name and not (str(rows).isdigit() and int(rows) >= least and int(rows) & (int(rows) - 1) == 0):
         raise ValueError(f"{name} must be a power of two >= {least}, got {rows!r}")
