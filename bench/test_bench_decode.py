@@ -1,6 +1,7 @@
 """Data-loading throughput: clips per second for each decoder, and whether training waits on data.
 
     pytest bench/test_bench_decode.py --benchmark-only          (extra_info holds clips_per_s)
+    pytest bench/test_bench_decode.py --benchmark-disable       (each runs once, untimed: a smoke test)
 
 * synthetic set (VP9, 64 px, 5-way 1-shot episodes, T = 8, crop 56), CPU: PyAV uncached, PyAV
   with the in-memory cache (warm), DALI CPU; DALI GPU as well when a GPU is visible.
@@ -53,6 +54,12 @@ def _episode_source(decoder: str, index: DatasetIndex, resize: int, crop: int, e
     return (ds[k] for k in range(episodes))
 
 
+def mean_seconds(benchmark) -> float | None:
+    """Mean seconds per round, or None under --benchmark-disable: pytest-benchmark then runs the
+    function once and keeps no stats, so there is nothing to derive numbers from."""
+    return benchmark.stats.stats.mean if benchmark.stats is not None else None
+
+
 def _bench_decoder(benchmark, decoder, index, resize, crop, threads=2, rounds=3):
     if decoder.startswith("dali") and not dali_version():
         pytest.skip("NVIDIA DALI is not installed")
@@ -70,7 +77,9 @@ def _bench_decoder(benchmark, decoder, index, resize, crop, threads=2, rounds=3)
                 torch.cuda.synchronize()
 
     benchmark.pedantic(pull, rounds=rounds, iterations=1)
-    clips_per_s = EPISODES_PER_ROUND * CLIPS / benchmark.stats.stats.mean
+    if (seconds := mean_seconds(benchmark)) is None:
+        return
+    clips_per_s = EPISODES_PER_ROUND * CLIPS / seconds
     benchmark.extra_info.update(decoder=decoder, clips_per_s=round(clips_per_s, 1), resize=resize, crop=crop,
                                 frames_per_clip=T, device=torch.cuda.get_device_name() if HAS_CUDA else "cpu",
                                 **({"dali_threads": threads} if decoder.startswith("dali") else {}))
@@ -151,5 +160,6 @@ def test_train_step_data_loading(benchmark, synthetic_index, loading):
 
     step()
     benchmark.pedantic(step, rounds=5, iterations=1)
-    benchmark.extra_info.update(loading=loading, step_ms=round(1e3 * benchmark.stats.stats.mean, 2),
-                                device=str(device), decoder=config.decoder)
+    if (seconds := mean_seconds(benchmark)) is not None:
+        benchmark.extra_info.update(loading=loading, step_ms=round(1e3 * seconds, 2), device=str(device),
+                                    decoder=config.decoder)

@@ -187,3 +187,29 @@ def test_dali_gpu_names_a_video_under_nvdec_minimum(video_index):
     small = video_index.records()[0].path  # VP9, 64x48
     with pytest.raises(VideoDecodeError, match=r"vid\d\.webm.*too small"):
         DaliVideoDecoder("gpu").decode(small, [0, 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG)")
+def test_dali_gpu_frame_folders_match_pil_and_dali_cpu(frame_index):
+    """DALI's "mixed" image decoder (nvJPEG) on JPEG frame folders: same frames as PIL in test
+    mode, and the same crops and flips as DALI's CPU decoder in training."""
+    kwargs = dict(way=2, shot=1, query=1, frames=5, seed=1)
+    (gpu,) = DaliEpisodeLoader(frame_index, "train", range(1), train=False, resize=None, crop=40, device="gpu",
+                               **kwargs)
+    ref = EpisodeDataset(frame_index, "train", train=False, transform=ClipTransform(None, 40, train=False),
+                         decoder=FrameFolderDecoder(), **kwargs)[0]
+    assert gpu["support"].is_cuda and gpu["support"].dtype == torch.float32
+    for part in ("support", "query"):
+        got = gpu[part].cpu()
+        assert got.shape == ref[part].shape == (2, 5, 3, 40, 40)
+        # nvJPEG and libjpeg-turbo (PIL) differ by a few levels (IDCT, upsampling rounding)
+        diff = (got - ref[part]).abs()  # normalised units: 1 level = 1 / (255 * 0.225)
+        assert diff.mean() < MEAN_TOL / 255 / 0.225 and diff.max() < MAX_TOL / 255 / 0.224, (part, diff.mean())
+    # the comparison can fail: the two support clips are of classes tinted 30 levels apart
+    assert (gpu["support"].cpu().flip(0) - ref["support"]).abs().mean() > 3 * MEAN_TOL / 255 / 0.225
+
+    training = dict(kwargs, train=True, resize=32, crop=24, flip=True)
+    (gpu,) = DaliEpisodeLoader(frame_index, "train", range(1), device="gpu", **training)
+    (cpu,) = DaliEpisodeLoader(frame_index, "train", range(1), device="cpu", **training)
+    assert gpu["support"].shape == cpu["support"].shape == (2, 5, 3, 24, 24)
+    assert (gpu["support"].cpu() - cpu["support"]).abs().mean() < MEAN_TOL / 255 / 0.225

@@ -505,6 +505,36 @@ def test_videos_under_nvdec_minimum_size_are_not_given_to_the_gpu_decoder(video_
     assert "under NVDEC's 144x144 minimum" in sd.choose_decoder("auto", hevc, cuda=True)[1]
 
 
+def test_videos_not_16_pixel_aligned_are_noted_when_dali_gpu_reads_them(tmp_path, monkeypatch):
+    """DALI makes a new NVDEC decoder per clip whose width or height is not a multiple of 16
+    (measured on an H200: 340x256 H.264 at 12 clips/s, 352x256 at 40): the reason says so."""
+    from tap_fast.data import select_decoder as sd
+    from tap_fast.data.synthetic import write_webm
+
+    monkeypatch.setattr(sd, "dali_version", lambda: "9.9")
+    root = make_root(tmp_path / "d", "video", classes=3, videos=2, h=128, w=160)  # over VP9's 128x128 minimum
+    aligned = build_dataset_index(root).index
+    assert aligned.unaligned_videos == 0
+    name, reason = sd.choose_decoder("auto", aligned, cuda=True)
+    assert name == "dali-gpu" and "multiple of 16" not in reason
+
+    write_webm(root / "class_0" / "odd.webm", clip(0, 5, h=130, w=160))
+    index = build_dataset_index(root).index
+    assert index.unaligned_videos == 1 and len(index) == 7
+    note = "1 of 7 videos have a width or height that is not a multiple of 16"
+    for requested in ("auto", "dali-gpu"):
+        name, reason = sd.choose_decoder(requested, index, cuda=True)
+        assert name == "dali-gpu" and note in reason and "--decoder pyav" in reason
+        assert "\n" not in reason  # the reason ends a log line
+    assert note not in sd.choose_decoder("auto", index, cuda=False)[1]  # not read by NVDEC
+    assert note not in sd.choose_decoder("pyav", index, cuda=True)[1]
+    assert DatasetIndex(index.records()).unaligned_videos is None  # unknown: nothing is said
+
+
+def test_frame_folder_index_does_not_count_unaligned_videos(frame_root):
+    assert build_dataset_index(frame_root, split_dir=frame_root / "splits").index.unaligned_videos is None
+
+
 def test_decoder_choice_sees_every_videos_codec(tmp_path, monkeypatch):
     """An H.264 file after the first three videos of its split: DALI's CPU decoder cannot read it,
     so auto must not pick dali-cpu and a forced dali-cpu is refused before training."""

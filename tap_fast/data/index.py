@@ -42,14 +42,19 @@ class DatasetIndex:
     codecs: the codec names of every video (FFmpeg's, "jpeg" for frame folders) when the index
     was built by probing each one (formats.build_dataset_index), else None; smallest_frames: for
     each video codec, the smallest (width, height) seen (NVDEC refuses videos under a per-codec
-    minimum), likewise probed. The decoder choice uses both. Neither is saved with the index.
+    minimum), likewise probed; unaligned_videos: how many videos have a frame width or height
+    that is not a multiple of 16 (DALI's NVDEC decoding measured ~3x slower on such H.264 clips),
+    likewise probed, None when unknown (frame folders). The decoder choice uses all three; none
+    of them is saved with the index.
     """
 
     def __init__(self, records: Iterable[VideoRecord], codecs: Iterable[str] | None = None,
-                 smallest_frames: dict[str, tuple[int, int]] | None = None):
+                 smallest_frames: dict[str, tuple[int, int]] | None = None,
+                 unaligned_videos: int | None = None):
         self._records: tuple[VideoRecord, ...] = tuple(records)
         self.codecs = frozenset(codecs) if codecs is not None else None
         self.smallest_frames = dict(smallest_frames) if smallest_frames is not None else None
+        self.unaligned_videos = unaligned_videos
         self._by_class: "OrderedDict[str, list[VideoRecord]]" = OrderedDict()
         class_split: dict[str, str] = {}
         seen_paths: set[Path] = set()
