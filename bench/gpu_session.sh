@@ -59,7 +59,13 @@ stage bench_tap_fused_5w5s 180 $BENCH bench/test_bench_tap.py -k "fused and 5w5s
   --benchmark-json="$WORK/tap_gpu_fused_5w5s.json"
 # Host overhead vs kernel time of one fused call (5w5s, T = 4 and 32): on the H200 the forward
 # had ~0.8 ms that did not grow with T, half of what a 3x win over torch.compile allows at T = 32.
-stage profile 45 python3 bench/profile_tap.py --t 4 32 --out "$WORK/profile_gpu"
+# (TRITON_PRINT_AUTOTUNING: the log shows each kernel's chosen config, the backward's BK among them)
+stage profile 45 env TRITON_PRINT_AUTOTUNING=1 python3 bench/profile_tap.py --t 4 32 --out "$WORK/profile_gpu"
+# The backward's next questions, asked with knobs alone (bench/KERNEL_NOTES.md, "v5 timed"): 16-row
+# backward tiles at T = 4 and 8, where 64-row tiles are mostly padding, and a 1.2 SM split at T = 32.
+stage bwd_knobs 90 bash -c "TAP_FAST_TILE_ROWS_BWD=16 python3 bench/profile_tap.py --t 4 8 --modes fwd_bwd \
+  --out '$WORK/profile_bwd16' && TAP_FAST_BWD_COST_RATIO=1.2 python3 bench/profile_tap.py --t 32 --modes fwd_bwd \
+  --out '$WORK/profile_ratio12'"
 # The same calls' host work alone on this machine's CPU (kernels stubbed): with the profile's idle
 # time it separates Python from launches and syncs (bench/results/host_cost_cpu_*.md is this CPU's).
 stage host_cost 40 python3 bench/host_cost.py --batches 8 --out "$WORK/host_cost_gpu_host"
