@@ -35,10 +35,6 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
 
 from tap_fast.kernels import tap_scores, tap_triton  # noqa: E402
-
-for _kernel, _rows in tap_triton.GPU_TILE_ROWS.items():
-    if not os.environ.get("TAP_FAST_TILE_ROWS"):
-        os.environ.setdefault(f"TAP_FAST_TILE_ROWS_{_kernel.upper()}", str(_rows))
 from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, make_tap_inputs  # noqa: E402
 
 try:
@@ -51,6 +47,9 @@ from bench_utils import git_commit, positive_int, prepare_out, quiet_profiler_lo
 from test_bench_tap import EPISODES  # noqa: E402
 
 quiet_profiler_logs()  # no Kineto USDT / "gpuGetDeviceCount failed" lines per profiled call on a CPU
+for _kernel, _rows in tap_triton.GPU_TILE_ROWS.items():  # the tiles are read per call: set before any
+    if not os.environ.get("TAP_FAST_TILE_ROWS"):
+        os.environ.setdefault(f"TAP_FAST_TILE_ROWS_{_kernel.upper()}", str(_rows))
 
 MIB = 2**20
 FOREACH_CHUNK = 65536  # elements per chunk of ATen's multi-tensor kernels (kChunkSize, MultiTensorApply.cuh)

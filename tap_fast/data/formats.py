@@ -48,7 +48,7 @@ import numpy as np
 
 from tap_fast.atomic_write import write_text_atomic
 
-from .index import SPLITS, DatasetIndex, VideoRecord
+from .index import SPLITS, DatasetIndex, VideoRecord, smaller_frame
 
 FORMATS = ("video-folders", "frame-folders")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv")
@@ -526,8 +526,7 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
             records.append(VideoRecord(root / it.rel, it.class_name, it.split, int(r["frames"])))
             codecs.add(r["codec"])
             if r.get("size"):
-                w, h = smallest.get(r["codec"], r["size"])
-                smallest[r["codec"]] = (min(w, r["size"][0]), min(h, r["size"][1]))
+                smallest[r["codec"]] = smaller_frame(smallest.get(r["codec"]), r["size"])
                 sizes.append(r["size"])
     if problems and not records:
         raise BadVideoError(problems, hint=f"\n{root}: no usable video is left")

@@ -32,6 +32,11 @@ class VideoRecord:
     num_frames: int
 
 
+def smaller_frame(smallest: tuple[int, int] | None, size) -> tuple[int, int]:
+    """The smallest (width, height) so far, each side on its own, updated with one more frame size."""
+    return tuple(size) if smallest is None else (min(smallest[0], size[0]), min(smallest[1], size[1]))
+
+
 class DatasetIndex:
     """An immutable collection of VideoRecords with per-split and per-class lookup.
 

@@ -10,8 +10,9 @@ auto: dali-gpu when a GPU and DALI are there and every video is at least NVDEC's
 for its codec (VP9, AV1: 128x128, HEVC: 144x144, H.264: 48x16; the 64 px synthetic set is not);
 otherwise, for videos, pyav when the whole set decoded fits in memory (<= 1 GiB, e.g. the
 synthetic set: decoded once, then served from the cache), else dali-cpu when every video's codec
-is one DALI's CPU decoder reads, else pyav; for frame folders, pil. The codecs are those the index recorded for every video (a real root);
-an index without them (the synthetic set) has the first few videos of each split probed.
+is one DALI's CPU decoder reads, else pyav; for frame folders, pil. The codecs and sizes are those
+the index recorded for every video (a real root); an index without them (the synthetic set) has
+the first few videos of each split probed.
 When dali-gpu reads videos of which the index counted some not 16-pixel aligned, the reason
 says so: NVDEC decoding of those measured ~3x slower.
 """
@@ -22,7 +23,7 @@ import sys
 import torch
 
 from .dali_pipeline import DALI_CPU_VIDEO_CODECS, dali_version
-from .index import SPLITS, DatasetIndex
+from .index import SPLITS, DatasetIndex, smaller_frame
 
 DECODERS = ("auto", "dali-gpu", "dali-cpu", "pyav", "pil")
 
@@ -48,8 +49,7 @@ def probe_codecs(index: DatasetIndex, per_split: int = 3) -> dict[str, tuple[int
             except (av.error.FFmpegError, OSError, IndexError, AttributeError):  # AttributeError: no codec_context
                 smallest.setdefault("unreadable", None)
                 continue
-            w, h = smallest.get(name) or size
-            smallest[name] = (min(w, size[0]), min(h, size[1]))
+            smallest[name] = smaller_frame(smallest.get(name), size)
     return smallest
 
 
