@@ -34,13 +34,12 @@ build_extension || { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
 nice -n 10 env -u TAP_FAST_AUTOTUNE python3 bench/precompile.py --jobs 12 >"$WORK/precompile.log" 2>&1 &
 PRECOMPILE=$!
 
-# Stages in the order their numbers matter: the soft-DTW comparison (issue 4, one short stage), the
-# tile design questions (the large-episode forward vs dense bf16 is among them), the 5w5s fused rows
-# with their float64 checks and the torch.compile rows they are compared with, then the CUDA tests,
-# the rest of the tables, training.  The eager-reference rows of the large episode are not re-run:
-# the reference has not changed since the H200 session (bench/results/tap_h200_*_20261127.json).
+# Stages in the order their numbers matter: the tile design questions, the 5w5s fused rows with
+# their float64 checks, the backward's profile and knob experiments, the torch.compile rows they are
+# compared with (eagerly and in CUDA graphs), then the CUDA tests, the soft-DTW comparison (issue 4,
+# met in the second H200 session), the rest of the tables, training.  The eager-reference rows of
+# the large episode are not re-run: the reference has not changed (bench/results/tap_h200_*_20261127.json).
 BENCH="python3 -m pytest -q -p no:cacheprovider --benchmark-only"
-stage bench_soft_dtw 60 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-json="$WORK/soft_dtw_gpu.json"
 stage tile_sweep 120 python3 bench/tile_sweep.py --T 64 --variants 64/broadcast 128/broadcast 64/rows \
   --out "$WORK/tile_sweep_gpu.json"
 # The stages below run with the knobs the sweep found faster (each benchmark row records them).
@@ -72,6 +71,10 @@ stage host_cost 40 python3 bench/host_cost.py --batches 8 --out "$WORK/host_cost
 stage bench_tap_reference 120 $BENCH bench/test_bench_tap.py \
   -k "5w5s and ((compiled_ref and fwd_bwd and (32 or 64)) or (eager_ref and not 128))" \
   --benchmark-json="$WORK/tap_gpu_reference.json"
+# The same 5w5s comparison with host work out of both sides (fused op in a CUDA graph, the reference
+# under torch.compile(mode="reduce-overhead")): how far kernels alone are from 3x.
+stage bench_tap_graphed 120 $BENCH bench/test_bench_tap.py -k without_host_overhead \
+  --benchmark-json="$WORK/tap_gpu_graphed.json"
 # The synthetic set (PyAV, CPU) for the training stage is generated from here on, when PyAV was
 # carried (a call that carries a DALI part instead has no room for it: training is then skipped).
 SYNTH=
@@ -87,6 +90,7 @@ fi
 stage tests 150 env $AT_DEFAULTS TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
   --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py \
   tests/test_tap_prelude.py
+stage bench_soft_dtw 60 $BENCH bench/test_bench_soft_dtw.py -k cuda --benchmark-json="$WORK/soft_dtw_gpu.json"
 stage bench_tap_fused_large 150 $BENCH bench/test_bench_tap.py -k "fused and large and not 128" \
   --benchmark-json="$WORK/tap_gpu_fused_large.json"
 stage bench_tap_128 90 $BENCH bench/test_bench_tap.py -k "128 and (fused or eager_ref)" \

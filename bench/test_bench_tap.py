@@ -14,6 +14,8 @@ On CUDA every fused fwd_bwd row of the episode size with T <= 32 is also checked
 reference on the same inputs (scores and every gradient; extra_info rel_err), so the autotuned
 kernels are verified at the paper's widths.  Each torch.compile row is a fresh compilation (tens of
 seconds): on a short GPU lease select rows with -k, as bench/gpu_session.sh does.
+test_tap_scores_without_host_overhead: 5w5s fwd+bwd at T = 32 and 64 with both sides in CUDA graphs
+(the fused op captured whole, the reference under torch.compile(mode="reduce-overhead")).
 """
 from __future__ import annotations
 
@@ -137,6 +139,67 @@ def test_tap_scores(benchmark, bench_device, bench_device_info, dense_tflops, ep
         time_ms=ms, tflops=tflops, pct_of_dense=100 * tflops / dense_tflops,
         peak_mem_mib=None if peak is None else peak / 2**20,
     )
+
+
+GRAPHED_T = [32, 64]
+
+
+def graphed_fwd_bwd(fn, params):
+    """fn's forward and the gradients of every input captured in one CUDA graph (static inputs): the
+    returned call replays it, so a timing holds no host work (Python, dispatch, launches)."""
+    def step():
+        out = fn(params[0], params[1], params[2:6], params[6:])
+        return torch.autograd.grad(out.sum(), params)
+
+    side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph requires
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # autotuning, compilation, the allocator's first blocks
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+
+    def call():
+        graph.replay()
+        torch.cuda.synchronize()
+
+    return call
+
+
+@pytest.mark.parametrize("impl", ["fused_graphed", "compiled_ref_cudagraphs"])
+@pytest.mark.parametrize("T", GRAPHED_T)
+def test_tap_scores_without_host_overhead(benchmark, bench_device, bench_device_info, dense_tflops, T, impl):
+    """5w5s fwd+bwd with the host's work taken out on both sides: the fused op captured in a CUDA
+    graph against torch.compile(mode="reduce-overhead") of the reference (CUDA graphs too). At
+    5w5s T = 32 host work is about half of an eager fused call (bench/KERNEL_NOTES.md)."""
+    if bench_device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA GPU")
+    q, s = EPISODES["5w5s"]
+    x, y, ws, bs = make_tap_inputs(q, s, T, T, PAPER_D, PAPER_HIDDEN, dtype=torch.bfloat16, device=bench_device,
+                                   seed=T, requires_grad=True)
+    params = [x, y, *ws, *bs]
+    if impl == "fused_graphed":
+        call = graphed_fwd_bwd(tap_scores, params)
+    else:
+        compiled = torch.compile(tap_scores_reference, mode="reduce-overhead", dynamic=False)
+
+        def call():
+            out = compiled(x, y, ws, bs)
+            torch.autograd.grad(out.sum(), params)
+            torch.cuda.synchronize()
+
+        for _ in range(3):  # compile, then record the graphs (cudagraph trees record on a later call)
+            call()
+    ms, iters = time_cuda_adaptive(call)
+    benchmark.pedantic(call, rounds=3, warmup_rounds=0, iterations=1)
+    tflops = useful_flops(q, s, T, backward=True) / (ms * 1e-3) / 1e12
+    benchmark.group = "tap 5w5s fwd_bwd, CUDA graphs"
+    benchmark.extra_info.update(
+        impl=impl, mode="fwd_bwd", episode="5w5s", T=T, Q=q, S=s, dtype="bfloat16", time_ms=ms, timed_calls=iters,
+        tflops=tflops, pct_of_dense=100 * tflops / dense_tflops, device=bench_device_info["name"],
+        commit=bench_device_info["commit"], dense_tflops=dense_tflops, knobs=bench_device_info["knobs"])
 
 
 def _check_against_float64(params, fn, info: dict) -> None:

@@ -89,3 +89,14 @@ def test_a_bad_file_among_several_is_skipped_with_a_warning(tmp_path, capsys):
     assert "fused forward" in out and err.startswith("warning: skipped") and "cut.json" in err
     assert run_cli(main, [str(tmp_path / "cut.json"), str(tmp_path / "missing.json")]) == 2
     assert "no readable result file" in capsys.readouterr().err
+
+
+def test_graphed_rows_are_compared_on_their_own(tmp_path):
+    rows = [{"name": f"g{impl}", "params": {}, "extra_info": {"impl": impl, "T": 32, "time_ms": ms}}
+            for impl, ms in (("fused_graphed", 1.0), ("compiled_ref_cudagraphs", 3.5))]
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"benchmarks": rows}))
+    got = _by_target(targets(*load([path])))
+    row = got["5w5s T=32 fwd+bwd, both in CUDA graphs: >= 3x faster than torch.compile (reduce-overhead)"]
+    assert row["met"] is True and row["measured"] == "3.50x (1 vs 3.5 ms)"
+    assert got["5w5s T=32 fwd+bwd: >= 3x faster than torch.compile, >= 10x less memory"]["met"] is None
