@@ -33,10 +33,14 @@ Phase B, K-block by K-block: dz1 = (dz2 @ W2) * [z1 > 0] and dW2 += dz2^T h1 for
 chunk, accumulated in registers, then one read-modify-write of the dU/dV and dW2 partials per chunk
 (at paper widths that traffic is 2 MiB per tile; the first version paid it per tile, held W3 in
 registers across its loop, and ran its backward at ~20x its forward's time on an H200).
+TAP_FAST_BWD_V=regs (a knob, default scratch) runs the OWN_V pass without phase B: each tile keeps
+its dz2 in registers and loops over H1 itself, adding each K-block's dz1 row sums to the dV partial
+(a [BJ, BK] read-modify-write per K-block and tile instead of re-reading dz2 from scratch per K-block).
 All reductions are deterministic (fixed loop order, owned buffers, torch sums of partials).  The
 cost is one extra forward+dz1 recompute; atomics would avoid it but are not deterministic.
 
-Extra memory: O(G_u * Q * Tq * H1 + G_v * S * Ts * H1 + NPROG_U * |weights| + NPROG * BWD_CHUNK * BM * H2 + Q*S*tiles).
+Extra memory: O(G_u * Q * Tq * H1 + G_v * S * Ts * H1 + NPROG_U * |weights| + NPROG * BWD_CHUNK * BM * H2 + Q*S*tiles)
+(with TAP_FAST_BWD_V=regs the scratch is (NPROG_U * BWD_CHUNK + NPROG_V) * BM * H2).
 
 dtypes: fp32 (tf32 tensor cores when torch.backends.cuda.matmul.allow_tf32), fp16, bf16 operands,
 always fp32 accumulation.  Under TRITON_INTERPRET=1 (CPU tests) one small config is used; on GPU the
@@ -111,6 +115,18 @@ def _uv_broadcast() -> bool:
     if mode not in ("broadcast", "rows"):
         raise ValueError(f"TAP_FAST_UV_LOAD must be 'broadcast' or 'rows', got {mode!r}")
     return mode == "broadcast"
+
+
+def _bwd_v_regs() -> bool:
+    """How the backward's OWN_V pass forms dz1 (see _bwd_role).  TAP_FAST_BWD_V=scratch (the default)
+    parks a chunk's dz2 in the program's scratch slot and re-reads it on every K-block of phase B;
+    regs keeps one tile's dz2 in registers and loops over H1 inside the tile, with a read-modify-write
+    of the [BJ, BK] dV partial per K-block and tile instead (no dz2 re-reads; the V programs' scratch
+    shrinks to the one tile that parks h2).  A knob for comparing the two on a GPU."""
+    mode = os.environ.get("TAP_FAST_BWD_V", "scratch")
+    if mode not in ("scratch", "regs"):
+        raise ValueError(f"TAP_FAST_BWD_V must be 'scratch' or 'regs', got {mode!r}")
+    return mode == "regs"
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -310,34 +326,41 @@ def _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
 @triton.jit
 def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
               DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
-              Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, pid, NPROG, slot_id, CHUNK,
+              Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, pid, NPROG, slot0, CHUNK,
               OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
               BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
-              EVEN_K: tl.constexpr, FULL_H2: tl.constexpr):
+              EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, REGS: tl.constexpr):
     """One persistent program of one pass (OWN_U or OWN_V): rank ``pid`` of the pass's NPROG programs
-    takes items pid, pid + NPROG, ...; ``slot_id`` is its dz2 scratch slot (unique over both passes)."""
+    takes items pid, pid + NPROG, ...; its scratch slot is the tiles slot0, slot0 + 1, ... (CHUNK of
+    them, 1 with REGS), disjoint over both passes.  REGS (OWN_V only, TAP_FAST_BWD_V=regs): each tile
+    forms its dz1 right after phase A from dz2 held in registers, K-block by K-block, and adds it to
+    the dV partial per K-block; no phase B, so the chunk is one tile and dz2 never goes to scratch."""
     BM: tl.constexpr = BI * BJ
     n2 = tl.arange(0, BH2)
     n3 = tl.arange(0, BH3)
     m2 = _below(n2, H2, FULL_H2)
     m3 = n3 < H3
     rows = tl.arange(0, BM)
+    if REGS:
+        step = 1
+    else:
+        step = CHUNK
     for item in range(pid, n_items, NPROG):
         # OWN_U: item = (q, i-block, group of (s, j-block) pairs); OWN_V: (s, j-block, group of (q, i-block))
         n_inner = _item_tiles(item, per_group, n_ib, n_jb, Q, S, OWN_U)
-        for c0 in range(0, n_inner, CHUNK):
-            c1 = tl.minimum(c0 + CHUNK, n_inner)
+        for c0 in range(0, n_inner, step):
+            c1 = tl.minimum(c0 + step, n_inner)
             # Phase A, tile by tile: recompute the forward, push the gradient back to dz2 (layers 4, 3
             # and their small weight grads), park dz2 [BM, H2] in this program's scratch slot.
             for t in range(c0, c1):
-                q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
+                q, s, ib, jb, g = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
                 i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
                 h2, h3, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, ib * BI, jb * BJ, i, j, ok,
                                           Tq, Ts, H1, H2, H3, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K,
                                           FULL_H2)
                 # h2 waits in the tile's scratch slot while dz3 is formed, then is read back in the
                 # GEMM accumulator's layout (held across, it spilled); dz2 later overwrites it.
-                slot = (slot_id * CHUNK + (t - c0)) * BM + rows
+                slot = (slot0 + (t - c0)) * BM + rows
                 slot_ptr = DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :]
                 tl.store(slot_ptr, h2.to(DZ2_SCRATCH.dtype.element_ty))
                 pair = ((q * S + s) * Tq + i) * Ts + j
@@ -371,53 +394,72 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 dz2 = tl.where(h2 > 0, dz2, 0.0)  # [BM, BH2]
                 if OWN_U:
                     _add_to(DB2_P + pid * H2 + n2, tl.sum(dz2, axis=0), m2)
-                tl.debug_barrier()  # every thread has read its h2 before dz2 overwrites the slot
-                tl.store(slot_ptr, dz2.to(DZ2_SCRATCH.dtype.element_ty))
-            tl.debug_barrier()  # the chunk's dz2 rows, written by all threads, are read back below
-            # Phase B, K-block by K-block over the whole chunk: dz1 = (dz2 @ W2) * [z1 > 0] reduced into
-            # the item's dU (or dV) rows, and dW2 += dz2^T h1, both in registers across the chunk's
-            # tiles: one read-modify-write of the partial buffers per chunk instead of per tile.
-            for k0 in range(0, H1, BK):
-                k = k0 + tl.arange(0, BK)
-                km = _below(k, H1, EVEN_K)
-                w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
-                acc_w2 = tl.zeros((BH2, BK), dtype=tl.float32)
-                # Every tile of an item maps its rows to the same own rows (i for OWN_U, j for OWN_V),
-                # so dz1 is summed over the chunk's tiles first and reduced to those rows once per
-                # K-block: the row reduction (warp shuffles, shared memory) was the loop's largest cost.
-                acc_rows = tl.zeros((BM, BK), dtype=tl.float32)
-                for t in range(c0, c1):
-                    q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
-                    i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
-                    pos1, h1 = _h1_block(U, V, q, s, ib * BI, jb * BJ, i, j, ok, k0, Tq, Ts, H1,
-                                         BI, BJ, BK, UV_BCAST, EVEN_K)
-                    slot = (slot_id * CHUNK + (t - c0)) * BM + rows
-                    dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
-                    dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BK]
-                    acc_rows += tl.where(pos1, dz1, 0.0)
-                    if OWN_U:
-                        acc_w2 = tl.dot(tl.trans(dz2), h1.to(w2.dtype), acc_w2, input_precision=DOT_PREC)
-                q, s, ib, jb, g = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
-                if OWN_U:
-                    acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=1)  # rows are i-major
-                else:
-                    acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=0)
-                if OWN_U:
-                    w2_ptr = DW2_P + pid * H2 * H1 + n2[:, None] * H1 + k[None, :]
-                    w2_msk = m2[:, None] & km[None, :]
-                    _add_to(w2_ptr, acc_w2, w2_msk)
-                    ii = ib * BI + tl.arange(0, BI)
-                    ptr = DU_PART + ((g * Q + q) * Tq + ii)[:, None] * H1 + k[None, :]
-                    msk = (ii < Tq)[:, None] & km[None, :]
-                else:
+                if REGS:
+                    # dz1 = (dz2 @ W2) * [z1 > 0] for this tile alone, K-block by K-block: dz2 (rounded to
+                    # the operand dtype, as the scratch would store it) stays in registers as the A
+                    # operand, and each K-block's [BJ, BK] sum goes straight to the dV partial (its rows
+                    # are this item's; the end-of-chunk barrier orders the next tile's read after it).
+                    dz2 = dz2.to(W2.dtype.element_ty)
                     jj = jb * BJ + tl.arange(0, BJ)
-                    ptr = DV_PART + ((g * S + s) * Ts + jj)[:, None] * H1 + k[None, :]
-                    msk = (jj < Ts)[:, None] & km[None, :]
-                _add_to(ptr, acc, msk)
-            tl.debug_barrier()  # the next chunk overwrites the scratch slot
+                    dv_rows = (g * S + s) * Ts + jj
+                    for k0 in range(0, H1, BK):
+                        k = k0 + tl.arange(0, BK)
+                        km = _below(k, H1, EVEN_K)
+                        w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
+                        pos1, _ = _h1_block(U, V, q, s, ib * BI, jb * BJ, i, j, ok, k0, Tq, Ts, H1,
+                                            BI, BJ, BK, UV_BCAST, EVEN_K)
+                        dz1 = tl.where(pos1, tl.dot(dz2, w2, input_precision=DOT_PREC), 0.0)  # [BM, BK]
+                        acc = tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=0)  # rows are i-major
+                        _add_to(DV_PART + dv_rows[:, None] * H1 + k[None, :], acc, (jj < Ts)[:, None] & km[None, :])
+                else:
+                    tl.debug_barrier()  # every thread has read its h2 before dz2 overwrites the slot
+                    tl.store(slot_ptr, dz2.to(DZ2_SCRATCH.dtype.element_ty))
+            if not REGS:
+                tl.debug_barrier()  # the chunk's dz2 rows, written by all threads, are read back below
+                # Phase B, K-block by K-block over the whole chunk: dz1 = (dz2 @ W2) * [z1 > 0] reduced into
+                # the item's dU (or dV) rows, and dW2 += dz2^T h1, both in registers across the chunk's
+                # tiles: one read-modify-write of the partial buffers per chunk instead of per tile.
+                for k0 in range(0, H1, BK):
+                    k = k0 + tl.arange(0, BK)
+                    km = _below(k, H1, EVEN_K)
+                    w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
+                    acc_w2 = tl.zeros((BH2, BK), dtype=tl.float32)
+                    # Every tile of an item maps its rows to the same own rows (i for OWN_U, j for OWN_V),
+                    # so dz1 is summed over the chunk's tiles first and reduced to those rows once per
+                    # K-block: the row reduction (warp shuffles, shared memory) was the loop's largest cost.
+                    acc_rows = tl.zeros((BM, BK), dtype=tl.float32)
+                    for t in range(c0, c1):
+                        q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
+                        i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
+                        pos1, h1 = _h1_block(U, V, q, s, ib * BI, jb * BJ, i, j, ok, k0, Tq, Ts, H1,
+                                             BI, BJ, BK, UV_BCAST, EVEN_K)
+                        slot = (slot0 + (t - c0)) * BM + rows
+                        dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
+                        dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BK]
+                        acc_rows += tl.where(pos1, dz1, 0.0)
+                        if OWN_U:
+                            acc_w2 = tl.dot(tl.trans(dz2), h1.to(w2.dtype), acc_w2, input_precision=DOT_PREC)
+                    q, s, ib, jb, g = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
+                    if OWN_U:
+                        acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=1)  # rows are i-major
+                    else:
+                        acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=0)
+                    if OWN_U:
+                        w2_ptr = DW2_P + pid * H2 * H1 + n2[:, None] * H1 + k[None, :]
+                        w2_msk = m2[:, None] & km[None, :]
+                        _add_to(w2_ptr, acc_w2, w2_msk)
+                        ii = ib * BI + tl.arange(0, BI)
+                        ptr = DU_PART + ((g * Q + q) * Tq + ii)[:, None] * H1 + k[None, :]
+                        msk = (ii < Tq)[:, None] & km[None, :]
+                    else:
+                        jj = jb * BJ + tl.arange(0, BJ)
+                        ptr = DV_PART + ((g * S + s) * Ts + jj)[:, None] * H1 + k[None, :]
+                        msk = (jj < Ts)[:, None] & km[None, :]
+                    _add_to(ptr, acc, msk)
+            tl.debug_barrier()  # the next chunk overwrites the scratch slot (REGS: and adds to the same dV rows)
 
 
-@triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST"],
+@triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST", "V_REGS"],
                  reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
 @triton.heuristics(_EVEN_K)
 @triton.jit
@@ -426,21 +468,27 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, nprog_u, per_v, items_v, nprog_v, CHUNK,
                     BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                     BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
-                    EVEN_K: tl.constexpr, FULL_H2: tl.constexpr):
+                    EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, V_REGS: tl.constexpr):
     """Both backward passes in one launch: programs [0, nprog_u) run OWN_U, the rest OWN_V, side by
     side.  Only the OWN_U programs own weight-gradient slots, so the slots (1 MiB each at the paper's
-    widths) number nprog_u, not the SM count, and neither pass waits for the other's tail."""
+    widths) number nprog_u, not the SM count, and neither pass waits for the other's tail.  V_REGS
+    (TAP_FAST_BWD_V=regs) runs the OWN_V pass without phase B; its programs' scratch slots are then
+    one tile each, after the OWN_U programs' CHUNK tiles."""
     pid = tl.program_id(0)
     if pid < nprog_u:
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
-                  Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid, CHUNK,
-                  True, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2)
+                  Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid * CHUNK, CHUNK,
+                  True, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
     else:
+        if V_REGS:
+            slot0 = nprog_u * CHUNK + (pid - nprog_u)
+        else:
+            slot0 = pid * CHUNK
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
-                  Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_v, items_v, pid - nprog_u, nprog_v, pid, CHUNK,
-                  False, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2)
+                  Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_v, items_v, pid - nprog_u, nprog_v, slot0, CHUNK,
+                  False, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -641,13 +689,15 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
         dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1), (nprog_u, h2, h1), (nprog_u, h2),
         (nprog_u, h3, h2), (nprog_u, h3), (nprog_u, h3), (nprog_u,))
     programs = nprog_u + plan.nprog_v
-    scratch = torch.empty(programs * chunk * m["bi"] * m["bj"] * _pad(h2), dtype=w2.dtype, device=dev)
+    v_regs = _bwd_v_regs()  # OWN_V programs then park one tile (h2) instead of a chunk's dz2
+    scratch_tiles = nprog_u * chunk + plan.nprog_v * (1 if v_regs else chunk)
+    scratch = torch.empty(scratch_tiles * m["bi"] * m["bj"] * _pad(h2), dtype=w2.dtype, device=dev)
     _launch(_tap_bwd_kernel, (programs,),
         u, v, cos, grad_scores.contiguous(), w2, b2, w3, b3, w4, b4,
         dcos, du_part, dv_part, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p, scratch,
         n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"],
         plan.per_u, items_u, nprog_u, plan.per_v, items_v, plan.nprog_v, chunk,
-        **_tile_constexprs(m, w2.dtype),
+        **_tile_constexprs(m, w2.dtype), V_REGS=v_regs,
     )
     return (
         du_part.sum(0).to(u.dtype), dv_part.sum(0).to(v.dtype), dcos,

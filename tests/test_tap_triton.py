@@ -52,9 +52,7 @@ def _run_all(dtype, shape, seed):
     return outs, grads
 
 
-@pytest.mark.parametrize("dtype,tol", DTYPES, ids=lambda v: str(v))
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])) + "-" + "_".join(map(str, s[5])))
-def test_fused_forward_and_all_grads_match_float64(dtype, tol, shape):
+def _check_forward_and_all_grads(dtype, tol, shape):
     (got, eager, want), (g_got, g_eager, g_want) = _run_all(dtype, shape, seed=sum(shape[:5]))
     assert got.dtype == dtype and got.shape == want.shape
     assert rel_err(got, want) <= lowp_tolerance(eager, want, tol) if dtype != torch.float32 else rel_err(got, want) <= tol
@@ -65,11 +63,33 @@ def test_fused_forward_and_all_grads_match_float64(dtype, tol, shape):
         assert rel_err(g, w) <= bound, f"grad {name}: {rel_err(g, w):.2e} > {bound:.2e}"
 
 
+def _SHAPE_ID(shape) -> str:
+    return "x".join(map(str, shape[:5])) + "-" + "_".join(map(str, shape[5]))
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("shape", SHAPES, ids=_SHAPE_ID)
+def test_fused_forward_and_all_grads_match_float64(dtype, tol, shape):
+    _check_forward_and_all_grads(dtype, tol, shape)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("shape", SHAPES, ids=_SHAPE_ID)
+def test_backward_v_in_registers_matches_float64(monkeypatch, dtype, tol, shape):
+    """TAP_FAST_BWD_V=regs (the OWN_V pass forms dz1 per tile from dz2 held in registers, one dV
+    read-modify-write per K-block, no phase B): the same checks as the default."""
+    monkeypatch.setenv("TAP_FAST_BWD_V", "regs")
+    _check_forward_and_all_grads(dtype, tol, shape)
+
+
+@pytest.mark.parametrize("bwd_v", ["scratch", "regs"])
 @pytest.mark.parametrize("groups_u,groups_v,nprog,chunk",
                          [(1, 1, 1, 1), (2, 3, 2, 2), (3, 2, 5, 3), (1, 2, 2, 64), (None, None, None, None)])
-def test_backward_work_split_is_exact(groups_u, groups_v, nprog, chunk):
+def test_backward_work_split_is_exact(monkeypatch, groups_u, groups_v, nprog, chunk, bwd_v):
     """Every split of the backward (s-groups, q-groups, persistent programs, tiles per phase-B chunk)
-    gives the same gradients."""
+    gives the same gradients, with either OWN_V pass (TAP_FAST_BWD_V): several items per program and
+    several tiles per item adding to the same dV rows."""
+    monkeypatch.setenv("TAP_FAST_BWD_V", bwd_v)
     q, s, tq, ts, h1 = 3, 3, 4, 5, 18
     x, y, ws, bs = make_tap_inputs(q, s, tq, ts, 6, (h1, 12, 7), dtype=torch.float64, device="cpu", seed=5)
     from tap_fast.kernels.tap_prelude import prelude as _prelude
@@ -111,11 +131,15 @@ def test_backward_plan_gives_the_heavier_pass_more_programs():
 SMALL_ROWS = 8 if DEVICE == "cpu" else 16  # compiled kernels need 16 GEMM rows at least (tl.dot)
 
 
-@pytest.mark.parametrize("uv_load,tile_rows", [("rows", None), ("broadcast", SMALL_ROWS), ("rows", 32)])
-def test_uv_read_and_tile_height_knobs_match_float64(monkeypatch, uv_load, tile_rows):
+@pytest.mark.parametrize("uv_load,tile_rows,bwd_v", [("rows", None, "scratch"), ("broadcast", SMALL_ROWS, "scratch"),
+                                                     ("rows", 32, "scratch"), ("broadcast", SMALL_ROWS, "regs"),
+                                                     ("rows", 32, "regs")])
+def test_uv_read_and_tile_height_knobs_match_float64(monkeypatch, uv_load, tile_rows, bwd_v):
     """The benchmarking knobs (bench/tile_sweep.py) change how tiles are read and cut, never the result:
-    the row-wise U/V read and other tile heights (BI > 1 and BJ < Ts included) against float64."""
+    the row-wise U/V read and other tile heights (BI > 1 and BJ < Ts included) against float64, with
+    either OWN_V pass."""
     monkeypatch.setenv("TAP_FAST_UV_LOAD", uv_load)
+    monkeypatch.setenv("TAP_FAST_BWD_V", bwd_v)
     if tile_rows:
         monkeypatch.setenv("TAP_FAST_TILE_ROWS", str(tile_rows))
     (got, _, want), (g_got, _, g_want) = _run_all(torch.float32, (2, 2, 6, 11, 5, (20, 10, 6)), seed=11)
@@ -147,6 +171,41 @@ def test_bad_uv_load_knob_is_named(monkeypatch):
     x, y, ws, bs = make_tap_inputs(1, 1, 2, 2, 3, (5, 3, 2), device=DEVICE, seed=0)
     with pytest.raises(ValueError, match="TAP_FAST_UV_LOAD"):
         tap_scores(x, y, ws, bs, backend="triton")
+
+
+def test_bad_bwd_v_knob_is_named(monkeypatch):
+    """TAP_FAST_BWD_V is read by the backward alone; a bad value fails there, naming the knob."""
+    monkeypatch.setenv("TAP_FAST_BWD_V", "registers")
+    x, y, ws, bs = make_tap_inputs(1, 1, 2, 2, 3, (5, 3, 2), device=DEVICE, seed=0, requires_grad=True)
+    scores = tap_scores(x, y, ws, bs, backend="triton")
+    with pytest.raises(ValueError, match="TAP_FAST_BWD_V must be 'scratch' or 'regs', got 'registers'"):
+        torch.autograd.grad(scores.sum(), [x, y])
+
+
+@pytest.mark.parametrize("bwd_v", ["scratch", "regs"])
+def test_backward_v_in_registers_shrinks_the_scratch(monkeypatch, bwd_v):
+    """With TAP_FAST_BWD_V=regs the OWN_V programs park one tile (h2), not a chunk's dz2; the knob is a
+    constexpr of the kernel and part of its autotune key, so both variants coexist in one process."""
+    monkeypatch.setenv("TAP_FAST_BWD_V", bwd_v)
+    seen = {}
+    launch = tap_triton._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is tap_triton._tap_bwd_kernel:
+            seen.update(scratch=args[19].numel(), programs=grid[0], v_regs=kwargs["V_REGS"])
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(tap_triton, "_launch", spy)
+    q, s, tq, ts, h2 = 2, 3, 5, 7, 10
+    u, v = torch.randn(q, tq, 12, device=DEVICE), torch.randn(s, ts, 12, device=DEVICE)
+    layers = [torch.randn(h2, 12, device=DEVICE), torch.randn(h2, device=DEVICE), torch.randn(4, h2, device=DEVICE),
+              torch.randn(4, device=DEVICE), torch.randn(1, 4, device=DEVICE), torch.randn(1, device=DEVICE)]
+    cos = torch.randn(q, s, tq, ts, device=DEVICE)
+    tap_triton._backward(torch.randn(q, s, device=DEVICE), u, v, cos, *layers, nprog=2, chunk=3)
+    bi, bj = tap_triton._tile_shape(tq, ts, "bwd")
+    tiles = 2 * 3 + 2 * (1 if bwd_v == "regs" else 3)  # OWN_U programs x chunk + OWN_V programs x (1 or chunk)
+    assert seen == dict(scratch=tiles * bi * bj * 16, programs=4, v_regs=bwd_v == "regs")
+    assert "V_REGS" in tap_triton._tap_bwd_kernel.keys
 
 
 def test_every_output_element_is_written(monkeypatch):
