@@ -177,6 +177,12 @@ def test_bad_arguments(tmp_path):
         ensure_synthetic_dataset(tmp_path, families=["nope"], progress=False)
     with pytest.raises(ValueError, match="frames"):
         ensure_synthetic_dataset(tmp_path, frames=1, progress=False)
+    # too large: refused before anything is drawn (it failed inside numpy, 14.6 TiB, mid-generation)
+    with pytest.raises(ValueError, match="size must be <= 1024 for the synthetic set, got 1000000"):
+        ensure_synthetic_dataset(tmp_path, size=1_000_000, progress=False)
+    with pytest.raises(ValueError, match="frames must be <= 1024 for the synthetic set, got 5000"):
+        ensure_synthetic_dataset(tmp_path, frames=5000, progress=False)
+    assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="unknown synthetic class"):
         render_clip("nope", sample_nuisance(np.random.default_rng(0), "disc", 4, 32))
 

@@ -435,6 +435,9 @@ def _clean_stale_temp_dirs(parent: Path, final_name: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+SYNTHETIC_MAX = 1024  # frames and pixels per side: a 1024-frame 1024 px clip is already 3 GiB drawn
+
+
 def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 0, videos_per_class: int = 20,
                              frames: int = 32, size: int = 64, workers: int = 2, progress: bool = True,
                              families: Sequence[str] | None = None,
@@ -451,6 +454,9 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if size % 2:
         raise ValueError(f"size must be even (yuv420p), got {size}")
+    for name, v in (("size", size), ("frames", frames)):  # each clip is drawn whole in memory
+        if v > SYNTHETIC_MAX:
+            raise ValueError(f"{name} must be <= {SYNTHETIC_MAX} for the synthetic set, got {v}")
     names = _resolve_classes(families, classes)
     parent = Path(root).expanduser() if root is not None else default_data_root()
     final = parent / dataset_dir_name(seed, videos_per_class, frames, size, names)
