@@ -17,7 +17,9 @@ import math
 import sys
 from pathlib import Path
 
-DEFAULTS = {"uv_load": "broadcast", "fwd_rows": 128, "bwd_cost_ratio": 1.5}  # as in kernels/tap_triton.py
+from tap_fast.kernels.tap_triton import GPU_TILE_ROWS
+
+DEFAULTS = {"uv_load": "broadcast", "fwd_rows": GPU_TILE_ROWS["fwd"], "bwd_cost_ratio": 1.5}
 MIN_GAIN = 0.03
 
 

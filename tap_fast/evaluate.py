@@ -137,6 +137,23 @@ def model_from_checkpoint(path, device):
     return model.to(device), config
 
 
+def add_run_options(parser: argparse.ArgumentParser, json_help: str) -> None:
+    """--device, --json and --no-progress: the options evaluate and predict share."""
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    parser.add_argument("--json", help=json_help)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+
+
+def open_checkpoint(args) -> tuple[torch.nn.Module, TrainConfig, torch.device]:
+    """(model, config, device) for args.checkpoint on args.device; a --json path that could not be
+    written fails first, not after the work."""
+    device = pick_device(args.device)
+    if args.json:
+        check_json_path(args.json)
+    model, config = model_from_checkpoint(args.checkpoint, device)
+    return model, config, device
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tap_fast.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,16 +169,11 @@ def main(argv=None) -> int:
                                             "else <data root>/splits when present, else the 64/12/24 class split)")
     parser.add_argument("--bad-video-policy", choices=CHOICES["bad_video_policy"],
                         help="fail on unusable videos, or skip them (default: the run's)")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    add_run_options(parser, json_help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
     def work():
-        device = pick_device(args.device)
-        if args.json:  # a bad path fails now, not after the whole meta-test
-            check_json_path(args.json)
-        model, config = model_from_checkpoint(args.checkpoint, device)
+        model, config, device = open_checkpoint(args)
         if args.way:  # the heads score any number of classes: a 5-way model can be tested 10-way
             config = config.replace(way=args.way)
         if args.data_root:

@@ -32,8 +32,7 @@ from tap_fast.data.frame_folder_decode import FrameFolderDecoder
 from tap_fast.data.index import VideoRecord
 from tap_fast.data.sampling import tsn_frame_indices
 from tap_fast.data.transforms import ClipTransform
-from tap_fast.evaluate import (VideoFeatureCache, check_json_path, model_from_checkpoint, pick_device,
-                               run_reporting_errors)
+from tap_fast.evaluate import VideoFeatureCache, add_run_options, open_checkpoint, run_reporting_errors
 
 
 @dataclass(frozen=True)
@@ -190,15 +189,11 @@ def main(argv=None) -> int:
     parser.add_argument("--support", required=True, help="folder of labelled examples: <class>/<video>")
     parser.add_argument("--query", required=True, nargs="+",
                         help="video files, frame folders, or folders holding them")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
-    parser.add_argument("--json", help="also write every class's probability per query to this JSON file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    add_run_options(parser, json_help="also write every class's probability per query to this JSON file")
     args = parser.parse_args(argv)
+
     def work():
-        device = pick_device(args.device)
-        if args.json:  # a bad path fails now, not after the features
-            check_json_path(args.json)
-        model, config = model_from_checkpoint(args.checkpoint, device)
+        model, config, device = open_checkpoint(args)
         return predict(model, config, args.support, args.query, device, progress=not args.no_progress)
 
     predictions, code = run_reporting_errors(work)
