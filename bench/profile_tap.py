@@ -9,15 +9,21 @@ under torch.profiler.  Reported per call: wall time (host included, synchronised
 time of the kernels, and idle = wall - kernels: host overhead (Python, launches, the finite-input
 check's sync) that no kernel tuning removes.  On an H200 (commit 69e0fe6) the 5w5s forward took
 0.97 ms at T = 4 and 1.13 ms at T = 32 while its work at T = 32 is ~0.1 ms at the measured
-fraction of dense: this tells which part is host.
+fraction of dense: this tells which part is host.  Also per call, without the profiler (medians):
+host milliseconds from the call's start to the forward and backward kernels' launches (the GPU has
+nothing long to run before the backward's, so at 5w5s T = 32 that is the host time on the critical
+path), and microseconds spent inside each launch (Triton's launcher and the driver).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -26,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import device_info  # noqa: E402
 from test_bench_tap import EPISODES, benchmark_call  # noqa: E402
 
-from tap_fast.kernels import tap_scores  # noqa: E402
+from tap_fast.kernels import tap_scores, tap_triton  # noqa: E402
 from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN  # noqa: E402
 
 
@@ -36,6 +42,40 @@ def _device_time_us(event) -> float:
     if event.device_type == torch.autograd.DeviceType.CPU:
         return 0.0
     return event.self_device_time_total
+
+
+@contextmanager
+def timed_launches():
+    """Records, for every fused-kernel launch, (kernel, host seconds when its launcher was called, seconds
+    it took): Triton's own host cost per launch, and how far into a call each kernel is queued."""
+    records = []
+    launch = tap_triton._launch
+
+    def timed(kernel, grid, *args, **kwargs):
+        t0 = time.perf_counter()
+        launch(kernel, grid, *args, **kwargs)
+        records.append(("bwd" if kernel is tap_triton._tap_bwd_kernel else "fwd", t0, time.perf_counter() - t0))
+
+    with mock.patch.object(tap_triton, "_launch", timed):
+        yield records
+
+
+def _launch_timing(call, calls: int) -> dict:
+    """Medians over ``calls`` calls: ms from the call's start to each fused launch, us inside each launch."""
+    per_call = []
+    with timed_launches() as records:
+        for _ in range(calls):
+            records.clear()
+            start = time.perf_counter()
+            call()
+            per_call.append({name: (t0 - start, took) for name, t0, took in records})
+    out = {}
+    for name in ("fwd", "bwd"):
+        seen = [c[name] for c in per_call if name in c]
+        if seen:
+            out[f"host_ms_to_{name}_launch"] = statistics.median(a for a, _ in seen) * 1e3
+            out[f"{name}_launch_us"] = statistics.median(b for _, b in seen) * 1e6
+    return out
 
 
 def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> dict:
@@ -48,6 +88,7 @@ def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> di
     for _ in range(calls):
         call()
     wall_ms = (time.perf_counter() - t0) * 1e3 / calls
+    launches = _launch_timing(call, calls)  # empty on the CPU's torch path (no fused kernels)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for _ in range(calls):
@@ -58,7 +99,7 @@ def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> di
     device_ms = sum(ms for _, ms, _ in kernels)
     return dict(
         T=t, mode=mode, Q=q, S=s, wall_ms=wall_ms, device_ms=device_ms,
-        idle_ms=wall_ms - device_ms if cuda else None,
+        idle_ms=wall_ms - device_ms if cuda else None, **launches,
         kernels=[dict(name=n[:90], ms=ms, per_call=c) for n, ms, c in kernels[:top]],
         table=averages.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=top),
     )
@@ -66,10 +107,16 @@ def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> di
 
 def _markdown(rows, info) -> str:
     out = [f"# Fused TAP call profile, {info.get('name', info['device'])}, commit {info['commit']}", "",
-           "| T | mode | wall (ms) | kernels (ms) | idle (ms) |", "|---|---|---|---|---|"]
+           "| T | mode | wall (ms) | kernels (ms) | idle (ms) | host ms to fwd launch | to bwd launch "
+           "| us in fwd launch | in bwd launch |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(r, key, fmt):
+        return "" if r.get(key) is None else format(r[key], fmt)
+
     for r in rows:
-        idle = "" if r["idle_ms"] is None else f"{r['idle_ms']:.3f}"
-        out.append(f"| {r['T']} | {r['mode']} | {r['wall_ms']:.3f} | {r['device_ms']:.3f} | {idle} |")
+        out.append(f"| {r['T']} | {r['mode']} | {r['wall_ms']:.3f} | {r['device_ms']:.3f} | {cell(r, 'idle_ms', '.3f')} "
+                   f"| {cell(r, 'host_ms_to_fwd_launch', '.3f')} | {cell(r, 'host_ms_to_bwd_launch', '.3f')} "
+                   f"| {cell(r, 'fwd_launch_us', '.0f')} | {cell(r, 'bwd_launch_us', '.0f')} |")
     for r in rows:
         out += ["", f"## T = {r['T']}, {r['mode']}: kernels per call", "", "| kernel | ms | launches |", "|---|---|---|"]
         out += [f"| `{k['name']}` | {k['ms']:.4f} | {k['per_call']} |" for k in r["kernels"]]
@@ -95,7 +142,9 @@ def main(argv=None) -> int:
             r = profile_call(q, s, t, mode, device, dtype, args.d, tuple(args.hidden), args.calls)
             rows.append(r)
             idle = "" if r["idle_ms"] is None else f", idle {r['idle_ms']:.3f} ms"
-            print(f"T={t} {mode}: wall {r['wall_ms']:.3f} ms, kernels {r['device_ms']:.3f} ms{idle}", flush=True)
+            to = "".join(f", {k} at {r[f'host_ms_to_{k}_launch']:.3f} ms ({r[f'{k}_launch_us']:.0f} us)"
+                         for k in ("fwd", "bwd") if f"host_ms_to_{k}_launch" in r)
+            print(f"T={t} {mode}: wall {r['wall_ms']:.3f} ms, kernels {r['device_ms']:.3f} ms{idle}{to}", flush=True)
     info = device_info(device)
     if args.out:
         out = Path(args.out)

@@ -4,6 +4,7 @@ One place so that all backends reject the same bad inputs with the same clear me
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -14,8 +15,9 @@ __all__ = ["require_tensors", "validate_tap_inputs"]
 def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
     # NaN/inf anywhere (inputs or weights) silently poisons every score, so every tensor is checked,
     # with one multi-tensor reduction: the L1 norm of each (fp32 accumulation, so NaN and inf
-    # propagate and only sums beyond 3e38 could overflow), then one host sync for all of them
-    # (per-tensor isfinite().all() cost two launches per tensor, host time small episodes pay).
+    # propagate), their sum, then one host sync for all of them (per-tensor isfinite().all() cost two
+    # launches per tensor, host time small episodes pay).  Only when that sum is not finite are the
+    # tensors checked one by one, to name the bad ones; a sum that merely overflowed passes there.
     # It is data-dependent, so it is skipped while torch.compile traces (a compiled graph cannot
     # branch on tensor values) and while a CUDA graph is being captured (a sync would end the capture).
     if torch.compiler.is_compiling():
@@ -25,11 +27,11 @@ def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
         return
     with torch.no_grad():
         acc = torch.promote_types(named[0][1].dtype, torch.float32)  # fp32, or fp64 for fp64
-        finite = torch.stack(torch._foreach_norm([t for _, t in named], 1, dtype=acc)).isfinite()
-        if bool(finite.all()):
+        if math.isfinite(torch.stack(torch._foreach_norm([t for _, t in named], 1, dtype=acc)).sum().item()):
             return
-    bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
-    raise ValueError(f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or inf values")
+        bad = [name for name, t in named if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or inf values")
 
 
 def require_tensors(x, y, weights, biases) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -69,7 +69,7 @@ def _normalize_backward(grad: torch.Tensor, xn: torch.Tensor, denom: torch.Tenso
     """d/dx of x / max(|x|, eps) applied to grad: (grad - xn (xn . grad)) / |x| where |x| > eps, and
     grad / eps where the norm was clamped (the denominator is then a constant)."""
     radial = (xn * grad).sum(-1, keepdim=True) * (denom > _NORM_EPS)
-    return (grad - xn * radial) / denom
+    return torch.addcmul(grad, xn, radial, value=-1) / denom  # addcmul: one launch for grad - xn * radial
 
 
 class _Prelude(torch.autograd.Function):
@@ -89,7 +89,7 @@ class _Prelude(torch.autograd.Function):
         x2, y2 = x.reshape(-1, d), y.reshape(-1, d)
         u = _mm_wide(x2, w1[:, :d].t())
         v = _mm_wide(y2, w1[:, d:].t())
-        v = v + b1.to(v.dtype)
+        v += b1  # one launch: the add promotes b1 to V's wide dtype itself (a cast first took another)
         xn, x_denom = _normalized(x2)
         yn, y_denom = _normalized(y2)
         (n_q, tq), (n_s, ts) = x.shape[:2], y.shape[:2]
@@ -116,7 +116,8 @@ class _Prelude(torch.autograd.Function):
             dy2 = dv @ w1[:, d:] if need_y else None
             dw1_y = dv.t() @ y.reshape(-1, d) if need_w1 else None
         if dcos is not None and (need_x or need_y):
-            g = dcos.permute(0, 2, 1, 3).reshape(xn.shape[0], yn.shape[0])  # back to [Q Tq, S Ts]
+            # back to [Q Tq, S Ts]: a view when dcos has cos's layout (the fused kernels write it so)
+            g = dcos.permute(0, 2, 1, 3).reshape(xn.shape[0], yn.shape[0])
             if need_x:
                 gx = _normalize_backward(g @ yn, xn, x_denom)
                 dx2 = gx if dx2 is None else dx2 + gx

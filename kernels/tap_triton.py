@@ -1,8 +1,9 @@
 """Fused Triton TAP kernels (forward + recompute backward) for the paper's 3-hidden-layer MLP.
 
 What is fused.  ``tap.py`` computes U = X W1x^T [Q, Tq, H1], V = Y W1y^T + b1 [S, Ts, H1] and
-cos [Q, S, Tq, Ts] with plain GEMMs.  Here one tile = BI x BJ frame pairs (q, s, i-block, j-block),
-i.e. BM = BI*BJ GEMM rows:
+cos [Q, S, Tq, Ts] with plain GEMMs (cos in any dense layout: the kernels read it, and write dcos,
+through its strides).  Here one tile = BI x BJ frame pairs (q, s, i-block, j-block), i.e.
+BM = BI*BJ GEMM rows:
 
     A  = relu(U[q, i, k] + V[s, j, k])      built on the fly, K-block by K-block (never stored)
     z2 = A @ W2^T + b2, h2 = relu(z2)       tl.dot, fp32 accumulator [BM, H2]
@@ -257,7 +258,7 @@ def _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i0, j0, i, j, ok, Tq, Ts, 
 @triton.heuristics(_EVEN_K)
 @triton.jit
 def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
-                    S, Tq, Ts, H1, H2, H3, n_jb, n_tiles,
+                    S, Tq, Ts, H1, H2, H3, n_jb, n_tiles, cs_q, cs_s, cs_i, cs_j,
                     STORE_P: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                     BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
                     EVEN_K: tl.constexpr, FULL_H2: tl.constexpr):
@@ -270,11 +271,10 @@ def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
     i, j, ok = _tile_rows(q, s, i0, j0, Tq, Ts, BI, BJ)
     _, _, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i0, j0, i, j, ok, Tq, Ts, H1, H2, H3,
                             BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2)
-    pair = (pid_qs * Tq + i) * Ts + j
-    c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
+    c = tl.load(COS + q * cs_q + s * cs_s + i * cs_i + j * cs_j, mask=ok, other=0.0).to(tl.float32)
     tl.store(PARTIAL + pid_qs * n_tiles + pid_t, tl.sum(tl.where(ok, p * c, 0.0), axis=0))
     if STORE_P:
-        tl.store(P_OUT + pair, p.to(P_OUT.dtype.element_ty), mask=ok)
+        tl.store(P_OUT + (pid_qs * Tq + i) * Ts + j, p.to(P_OUT.dtype.element_ty), mask=ok)
 
 
 # ------------------------------------------------------------------------------------------ backward
@@ -327,7 +327,7 @@ def _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
 def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
               DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
               Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, pid, NPROG, slot0, CHUNK,
-              OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+              cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
               BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
               EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, REGS: tl.constexpr):
     """One persistent program of one pass (OWN_U or OWN_V): rank ``pid`` of the pass's NPROG programs
@@ -363,9 +363,9 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 slot = (slot0 + (t - c0)) * BM + rows
                 slot_ptr = DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :]
                 tl.store(slot_ptr, h2.to(DZ2_SCRATCH.dtype.element_ty))
-                pair = ((q * S + s) * Tq + i) * Ts + j
+                pair = q * cs_q + s * cs_s + i * cs_i + j * cs_j  # DCOS has COS's strides
                 c = tl.load(COS + pair, mask=ok, other=0.0).to(tl.float32)
-                gs = tl.load(GS + q * S + s).to(tl.float32)
+                gs = tl.load(GS + q * gs_q + s * gs_s).to(tl.float32)
                 # d score / d logit = g * cos * P (1 - P); zero on padding rows so nothing below leaks.
                 dz4 = tl.where(ok, gs * c * p * (1.0 - p), 0.0)
                 w4 = tl.load(W4 + n3, mask=m3, other=0.0).to(tl.float32)
@@ -374,15 +374,15 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
                     # The small weight grads go to the program's slots per tile (a few KiB): held in
                     # registers across the loop, their slice layouts cost ~60 registers and spilled.
-                    tl.store(DB4_P + pid, tl.load(DB4_P + pid) + tl.sum(dz4, axis=0))
-                    _add_to(DW4_P + pid * H3 + n3, tl.sum(dz4[:, None] * h3, axis=0), m3)
-                    _add_to(DB3_P + pid * H3 + n3, tl.sum(dz3, axis=0), m3)
+                    tl.store(DB4_P + pid * WROW, tl.load(DB4_P + pid * WROW) + tl.sum(dz4, axis=0))
+                    _add_to(DW4_P + pid * WROW + n3, tl.sum(dz4[:, None] * h3, axis=0), m3)
+                    _add_to(DB3_P + pid * WROW + n3, tl.sum(dz3, axis=0), m3)
                 tl.debug_barrier()  # h2, stored by all threads, is read back in another layout
                 h2 = tl.load(slot_ptr)
                 if OWN_U:
                     # dW3 slot [H3, H2] += dz3^T h2, accumulated by the GEMM itself (program-owned
                     # slot: plain read-modify-write), before dz2 exists, so fewer tiles are live.
-                    w3_ptr = DW3_P + pid * H3 * H2 + n3[:, None] * H2 + n2[None, :]
+                    w3_ptr = DW3_P + pid * WROW + n3[:, None] * H2 + n2[None, :]
                     w3_msk = m3[:, None] & m2[None, :]
                     dw3 = tl.load(w3_ptr, mask=w3_msk, other=0.0)
                     dw3 = tl.dot(tl.trans(dz3.to(h2.dtype)), h2, dw3, input_precision=DOT_PREC)
@@ -393,7 +393,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 dz2 = tl.dot(dz3.to(w3.dtype), w3, input_precision=DOT_PREC)
                 dz2 = tl.where(h2 > 0, dz2, 0.0)  # [BM, BH2]
                 if OWN_U:
-                    _add_to(DB2_P + pid * H2 + n2, tl.sum(dz2, axis=0), m2)
+                    _add_to(DB2_P + pid * WROW + n2, tl.sum(dz2, axis=0), m2)
                 if REGS:
                     # dz1 = (dz2 @ W2) * [z1 > 0] for this tile alone, K-block by K-block: dz2 (rounded to
                     # the operand dtype, as the scratch would store it) stays in registers as the A
@@ -445,7 +445,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     else:
                         acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=0)
                     if OWN_U:
-                        w2_ptr = DW2_P + pid * H2 * H1 + n2[:, None] * H1 + k[None, :]
+                        w2_ptr = DW2_P + pid * WROW + n2[:, None] * H1 + k[None, :]
                         w2_msk = m2[:, None] & km[None, :]
                         _add_to(w2_ptr, acc_w2, w2_msk)
                         ii = ib * BI + tl.arange(0, BI)
@@ -466,7 +466,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
 def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                     Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, nprog_u, per_v, items_v, nprog_v, CHUNK,
-                    BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                    cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                     BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
                     EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, V_REGS: tl.constexpr):
     """Both backward passes in one launch: programs [0, nprog_u) run OWN_U, the rest OWN_V, side by
@@ -479,7 +479,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid * CHUNK, CHUNK,
-                  True, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
+                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, True, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
     else:
         if V_REGS:
             slot0 = nprog_u * CHUNK + (pid - nprog_u)
@@ -488,7 +488,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_v, items_v, pid - nprog_u, nprog_v, slot0, CHUNK,
-                  False, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
+                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, False, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -549,10 +549,42 @@ def precompile(n_q: int, n_s: int, tq: int, ts: int, hidden: tuple[int, int, int
     return [("fwd" if "fwd" in name else "bwd", config, kwargs, kernel) for name, config, kwargs, kernel in compiled]
 
 
-def _new_output(shape, dtype, device) -> torch.Tensor:
-    """Allocation of write-only kernel outputs (every element is written by a kernel).  Tests swap it
-    for a NaN-filled allocation to prove that; accumulators use torch.zeros instead."""
-    return torch.empty(shape, dtype=dtype, device=device)
+def _new_output(shape, dtype, device, stride=None) -> torch.Tensor:
+    """Allocation of write-only kernel outputs (every element is written by a kernel), contiguous or
+    with the given strides.  Tests swap it for a NaN-filled allocation to prove that; accumulators use
+    torch.zeros instead."""
+    if stride is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether t's elements cover a block of memory exactly once, in any order of its dimensions: the
+    kernels then read it through its strides, and an output allocated with the same strides is written
+    without overlap."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _operands(u, v, cos, w2, b2, w3, b3, w4, b4) -> list[torch.Tensor]:
+    """The kernels' operands: U, V and the weights contiguous (no-ops when they already are); cos in any
+    dense layout, read through its strides.  The prelude's cos is a permuted view of its GEMM's
+    [Q Tq, S Ts] result: a copy into [Q, S, Tq, Ts] order cost a launch before the forward kernel, and
+    dcos, written in the same layout, reaches the prelude's backward as a view of that GEMM's shape."""
+    return [u.contiguous(), v.contiguous(), _cos_operand(cos), *(t.contiguous() for t in (w2, b2, w3, b3, w4, b4))]
+
+
+def _cos_operand(cos: torch.Tensor) -> torch.Tensor:
+    return cos if _dense(cos) else cos.contiguous()
+
+
+def _new_dcos(cos: torch.Tensor) -> torch.Tensor:
+    """dcos, written by the backward kernel through cos's strides (cos is dense: _operands)."""
+    return _new_output(cos.shape, cos.dtype, cos.device, cos.stride())
 
 
 def _sm_count(device: torch.device) -> int:
@@ -576,15 +608,14 @@ def _tile_constexprs(m: dict, dtype: torch.dtype) -> dict:
 
 
 def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
-    # The kernels index raw row-major memory: make every operand contiguous (no-op when it already is).
-    u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
+    u, v, cos, w2, b2, w3, b3, w4, b4 = _operands(u, v, cos, w2, b2, w3, b3, w4, b4)
     m = _meta(u, v, w2, w3, "fwd")
     n_tiles = m["n_ib"] * m["n_jb"]
     partial = _new_output((m["n_q"] * m["n_s"], n_tiles), torch.float32, u.device)
     p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), w2.dtype, u.device)
     _launch(_tap_fwd_kernel, (n_tiles, m["n_q"] * m["n_s"]),
         u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
-        m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles,
+        m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles, *cos.stride(),
         STORE_P=store_p, **_tile_constexprs(m, w2.dtype),
     )
     return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(w2.dtype), p_out
@@ -662,49 +693,71 @@ def _zeroed_f32(device, *shapes) -> list[torch.Tensor]:
     instead of one per accumulator: the host cost of small episodes)."""
     sizes = [math.prod(shape) for shape in shapes]
     starts = [0]
-    for size in sizes:  # each part starts 128-byte aligned, as its own allocation would (Triton
-        starts.append(starts[-1] + -(-size // 32) * 32)  # specialises pointers on 16-byte alignment)
+    for size in sizes:
+        starts.append(starts[-1] + _aligned(size))
     flat = torch.zeros(starts[-1], dtype=torch.float32, device=device)
     return [flat[start:start + size].view(shape) for start, size, shape in zip(starts, sizes, shapes)]
 
 
+def _aligned(n: int) -> int:
+    # Each part of a shared buffer starts 128-byte aligned, as its own allocation would (Triton
+    # specialises pointers on 16-byte alignment).
+    return -(-n // 32) * 32
+
+
+def _weight_slot_layout(h1: int, h2: int, h3: int) -> tuple[list[int], list[int], int]:
+    """(sizes, offsets, row length) of one OWN_U program's weight-gradient slot row: dW2, db2, dW3, db3,
+    dW4, db4 side by side.  All slots form one [programs, row] buffer, so one sum and one cast
+    reduce them (they were 6 sums and 6 casts, 12 launches after the backward kernel)."""
+    sizes = [h2 * h1, h2, h3 * h2, h3, h3, 1]
+    offsets = [0]
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + _aligned(size))
+    return sizes, offsets, offsets[-1] + _aligned(sizes[-1])
+
+
 def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None,
-              chunk=BWD_CHUNK):
+              chunk=BWD_CHUNK, aliases_ok=True):
     """All gradients of scores w.r.t. (u, v, cos, w2, b2, w3, b3, w4, b4).  groups_u/groups_v/nprog/chunk
     override the work split (tests use them to cover every split; the result must not change); nprog
-    is then the program count of each pass."""
-    u, v, cos, w2, b2, w3, b3, w4, b4 = (t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
+    is then the program count of each pass.  aliases_ok: the weight and bias gradients may be views of
+    one tensor (one cast for all); False gives each its own storage (a custom op may not return aliases).
+    The partials are always summed, even one group's: a view of one would keep the whole zeroed buffer,
+    the weight slots included (~80 MiB at paper widths), alive through the prelude's backward."""
+    u, v, cos, w2, b2, w3, b3, w4, b4 = _operands(u, v, cos, w2, b2, w3, b3, w4, b4)
     m = _meta(u, v, w2, w3, "bwd")
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev = u.device
-    sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, (h2 * h1 + h3 * h2) * 4)  # fp32 partials and slots
+    slot_sizes, slot_offsets, slot_row = _weight_slot_layout(h1, h2, h3)
+    sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, slot_row * 4)  # fp32 partials and slots
     plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v, nprog,
                          sizes)
     items_u, items_v = plan.items(n_q, n_s, m["n_ib"], m["n_jb"])
     nprog_u = plan.nprog_u
-    # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each into its own slot
-    # (nprog_u x |weights| in fp32).  OWN_V programs: dV only.
-    dcos = _new_output(cos.shape, cos.dtype, dev)
-    du_part, dv_part, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p = _zeroed_f32(
-        dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1), (nprog_u, h2, h1), (nprog_u, h2),
-        (nprog_u, h3, h2), (nprog_u, h3), (nprog_u, h3), (nprog_u,))
+    # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each program into its own
+    # slot row (nprog_u x slot_row in fp32).  OWN_V programs: dV only.
+    dcos = _new_dcos(cos)
+    du_part, dv_part, slots = _zeroed_f32(dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1),
+                                          (nprog_u, slot_row))
+    slot_parts = [slots[:, at:at + size] for at, size in zip(slot_offsets, slot_sizes)]
     programs = nprog_u + plan.nprog_v
     v_regs = _bwd_v_regs()  # OWN_V programs then park one tile (h2) instead of a chunk's dz2
     scratch_tiles = nprog_u * chunk + plan.nprog_v * (1 if v_regs else chunk)
     scratch = torch.empty(scratch_tiles * m["bi"] * m["bj"] * _pad(h2), dtype=w2.dtype, device=dev)
     _launch(_tap_bwd_kernel, (programs,),
-        u, v, cos, grad_scores.contiguous(), w2, b2, w3, b3, w4, b4,
-        dcos, du_part, dv_part, dw2_p, db2_p, dw3_p, db3_p, dw4_p, db4_p, scratch,
+        u, v, cos, grad_scores, w2, b2, w3, b3, w4, b4,
+        dcos, du_part, dv_part, *slot_parts, scratch,
         n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"],
         plan.per_u, items_u, nprog_u, plan.per_v, items_v, plan.nprog_v, chunk,
+        *cos.stride(), *grad_scores.stride(), slot_row,
         **_tile_constexprs(m, w2.dtype), V_REGS=v_regs,
     )
-    return (
-        du_part.sum(0).to(u.dtype), dv_part.sum(0).to(v.dtype), dcos,
-        dw2_p.sum(0).to(w2.dtype), db2_p.sum(0).to(b2.dtype),
-        dw3_p.sum(0).to(w3.dtype), db3_p.sum(0).to(b3.dtype),
-        dw4_p.sum(0).reshape(w4.shape).to(w4.dtype), db4_p.sum(0).reshape(b4.shape).to(b4.dtype),
-    )
+    slot_sum = slots.sum(0)
+    if aliases_ok:
+        slot_sum = slot_sum.to(w2.dtype)
+    weight_grads = [slot_sum[at:at + size].view(t.shape).to(t.dtype, copy=not aliases_ok)
+                    for at, size, t in zip(slot_offsets, slot_sizes, (w2, b2, w3, b3, w4, b4))]
+    return du_part.sum(0).to(u.dtype), dv_part.sum(0).to(v.dtype), dcos, *weight_grads
 
 
 # ------------------------------------------------------------------------------------------ torch ops
@@ -731,12 +784,13 @@ def _tap_pairs_bwd(grad_scores: torch.Tensor, u: torch.Tensor, v: torch.Tensor, 
                    w2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor, w4: torch.Tensor,
                    b4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4)
+    return _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, aliases_ok=False)
 
 
 @_tap_pairs_bwd.register_fake
 def _(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4):
-    return tuple(t.new_empty(t.shape) for t in (u, v, cos, w2, b2, w3, b3, w4, b4))
+    dcos = _new_dcos(_cos_operand(cos))  # the strides the real kernel writes
+    return u.new_empty(u.shape), v.new_empty(v.shape), dcos, *(t.new_empty(t.shape) for t in (w2, b2, w3, b3, w4, b4))
 
 
 def _setup_context(ctx, inputs, output):
@@ -761,8 +815,7 @@ class _TapPairsEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, v, cos, w2, b2, w3, b3, w4, b4):
-        # saved contiguous (cos arrives as a permuted view), so the backward does not copy it again
-        args = [t.contiguous() for t in (u, v, cos, w2, b2, w3, b3, w4, b4)]
+        args = _operands(u, v, cos, w2, b2, w3, b3, w4, b4)  # saved as the kernels read them
         ctx.save_for_backward(*args)
         scores, _ = _forward(*args, False)
         return scores

@@ -210,13 +210,66 @@ def test_backward_v_in_registers_shrinks_the_scratch(monkeypatch, bwd_v):
 
 def test_every_output_element_is_written(monkeypatch):
     """Write-only outputs start as NaN: a skipped element would surface as NaN."""
-    monkeypatch.setattr(tap_triton, "_new_output", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    def poisoned(shape, dtype, device, stride=None):  # dcos comes with cos's strides (a permuted view)
+        stride = stride or torch.empty(shape, device="meta").stride()
+        return torch.empty_strided(shape, stride, dtype=dtype, device=device).fill_(float("nan"))
+
+    monkeypatch.setattr(tap_triton, "_new_output", poisoned)
     x, y, ws, bs = make_tap_inputs(2, 3, 7, 5, 5, (19, 9, 5), device=DEVICE, seed=3, requires_grad=True)
     scores = tap_scores(x, y, ws, bs, backend="triton")
     grads = torch.autograd.grad(scores.sum(), [x, y, *ws, *bs])
     p, _ = tap_alignment(x, y, ws, bs, backend="triton")
     for t in (scores, p, *grads):
         assert not torch.isnan(t).any()
+
+
+def _layouts(cos: torch.Tensor) -> dict:
+    """The same cos values in the layouts the kernels may be given."""
+    q, s, tq, ts = cos.shape
+    gemm = cos.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # the prelude's: [Q Tq, S Ts] viewed
+    wide = torch.zeros(q, s, tq, ts + 3, device=cos.device, dtype=cos.dtype)
+    wide[..., :ts] = cos
+    return {"contiguous": cos.contiguous(), "gemm": gemm, "not_dense": wide[..., :ts]}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "gemm", "not_dense"])
+def test_kernels_read_cos_and_grad_scores_through_their_strides(layout):
+    """cos in any layout (the prelude's permuted GEMM result is read in place; a layout with gaps is
+    copied first) and an expanded grad_scores (what scores.sum() sends back) give the same scores and
+    gradients; dcos comes back in cos's layout, so the prelude's backward gets a view, not a copy."""
+    q, s, tq, ts, h1 = 2, 3, 5, 4, 20
+    u, v = torch.randn(q, tq, h1, device=DEVICE), torch.randn(s, ts, h1, device=DEVICE)
+    layers = [torch.randn(9, h1, device=DEVICE), torch.randn(9, device=DEVICE), torch.randn(5, 9, device=DEVICE),
+              torch.randn(5, device=DEVICE), torch.randn(1, 5, device=DEVICE), torch.randn(1, device=DEVICE)]
+    cos = _layouts(torch.randn(q, s, tq, ts, device=DEVICE))[layout]
+    scores, _ = tap_triton._forward(u, v, cos, *layers, False)
+    grads = tap_triton._backward(torch.ones(()).expand(q, s).to(DEVICE), u, v, cos, *layers)
+    ref_in = [t.double().cpu().requires_grad_() for t in (u, v, cos, *layers)]
+    from tap_fast.kernels.tap_torch import tap_pairs_torch
+
+    out = tap_pairs_torch(ref_in[0], ref_in[1], ref_in[2], ref_in[3::2], ref_in[4::2])
+    want = torch.autograd.grad(out.sum(), ref_in)
+    assert rel_err(scores, out) <= FP32_TOL
+    for g, w in zip(grads, want):
+        assert rel_err(g, w) <= FP32_TOL
+    if layout != "not_dense":
+        assert grads[2].stride() == cos.stride()
+
+
+def test_weight_grads_share_one_buffer_in_eager_mode_only():
+    """The eager backward returns the weight and bias gradients as views of one reduced buffer (one sum,
+    one cast); the custom op, which torch.compile calls, may not return aliases and gives each its own."""
+    q, s, tq, ts, h1 = 2, 2, 3, 3, 12
+    u, v = torch.randn(q, tq, h1, device=DEVICE), torch.randn(s, ts, h1, device=DEVICE)
+    layers = [torch.randn(8, h1, device=DEVICE), torch.randn(8, device=DEVICE), torch.randn(4, 8, device=DEVICE),
+              torch.randn(4, device=DEVICE), torch.randn(1, 4, device=DEVICE), torch.randn(1, device=DEVICE)]
+    cos, gs = torch.randn(q, s, tq, ts, device=DEVICE), torch.randn(q, s, device=DEVICE)
+    eager = tap_triton._backward(gs, u, v, cos, *layers)
+    op = torch.ops.tap_fast.tap_pairs_bwd(gs, u, v, cos, *layers)
+    assert len({g.untyped_storage().data_ptr() for g in eager[3:]}) == 1
+    assert len({g.untyped_storage().data_ptr() for g in op}) == len(op)
+    for a, b in zip(eager, op):
+        assert torch.equal(a, b)
 
 
 def test_fused_alignment_matches_reference():
