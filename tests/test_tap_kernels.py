@@ -199,6 +199,14 @@ def test_bad_inputs_raise_clear_errors(case, fn):
         fn(*args)
 
 
+def test_huge_finite_inputs_pass_the_finite_check():
+    """The check sums every tensor's L1 norm; a sum that overflows to inf (here 2 x 3e38) sends it to the
+    per-tensor check, which finds every value finite: no error, and the scores are computed."""
+    x, y, ws, bs = _good()
+    x[0, 0, 0], y[0, 0, 0] = 3e38, 3e38
+    assert tap_scores(x, y, ws, bs).shape == (2, 3)
+
+
 @pytest.mark.parametrize("budget", [0, -5, 1.5, True, "64MiB"])
 @pytest.mark.parametrize("fn", [tap_scores, tap_alignment])
 def test_bad_budget_rejected(fn, budget):
