@@ -95,17 +95,20 @@ GPU_TILE_ROWS = {"fwd": 128, "bwd": 64}
 
 def _tile_shape(tq: int, ts: int, kernel: str) -> tuple[int, int]:
     """(BI, BJ) for kernel "fwd" or "bwd": GPU_TILE_ROWS GEMM rows per tile on a GPU, 16 under the
-    interpreter (tiny test shapes).  BJ follows Ts so short clips waste little.  Benchmarking knobs
-    (bench/tile_sweep.py), a power of two each: TAP_FAST_TILE_ROWS sets both kernels' row count,
-    TAP_FAST_TILE_ROWS_FWD / _BWD one kernel's (the forward's partial sums do not constrain the
-    backward's tiles)."""
+    interpreter (tiny test shapes), but never more than a clip pair's frame pairs rounded up to powers
+    of two (16 at least, compiled): at T = 8 a 128-row forward tile was half padding, at T = 4 a
+    64-row backward tile three quarters.  BJ follows Ts so short clips waste little.  Benchmarking
+    knobs (bench/tile_sweep.py), a power of two each: TAP_FAST_TILE_ROWS sets both kernels' row
+    count, TAP_FAST_TILE_ROWS_FWD / _BWD one kernel's (the forward's partial sums do not constrain
+    the backward's tiles); the same cap applies."""
     name = next((n for n in (f"TAP_FAST_TILE_ROWS_{kernel.upper()}", "TAP_FAST_TILE_ROWS") if os.environ.get(n)), None)
     rows = os.environ[name] if name else (16 if _interpreting() else GPU_TILE_ROWS[kernel])
     least = 1 if _interpreting() else 16  # compiled, tl.dot needs 16 rows at least
     if name and not (str(rows).isdigit() and int(rows) >= least and int(rows) & (int(rows) - 1) == 0):
         raise ValueError(f"{name} must be a power of two >= {least}, got {rows!r}")
-    rows = int(rows)
-    bj = min(_next_pow2(ts), rows)
+    bj = _next_pow2(ts)
+    rows = min(int(rows), max(least, _next_pow2(tq) * bj))
+    bj = min(bj, rows)
     return max(1, rows // bj), bj
 
 

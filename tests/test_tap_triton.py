@@ -159,6 +159,17 @@ def test_forward_and_backward_tile_heights_are_independent(monkeypatch):
         assert rel_err(g, w) <= FP32_TOL
 
 
+@pytest.mark.parametrize("t,fwd,bwd", [(4, (4, 4), (4, 4)), (8, (8, 8), (8, 8)), (32, (4, 32), (2, 32)),
+                                       (128, (1, 128), (1, 64)), (1, (16, 1), (16, 1))])
+def test_gpu_tiles_hold_at_most_a_clip_pairs_frame_pairs(monkeypatch, t, fwd, bwd):
+    """On a GPU (GPU_TILE_ROWS: 128 forward, 64 backward) a tile is capped at pow2(Tq) x pow2(Ts) rows,
+    16 at least (tl.dot's minimum): short clips are not mostly padding; long ones keep the defaults."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the shape rule only: nothing is launched
+    assert tap_triton._tile_shape(t, t, "fwd") == fwd and tap_triton._tile_shape(t, t, "bwd") == bwd
+    monkeypatch.setenv("TAP_FAST_TILE_ROWS", "128")  # the knobs are capped the same way
+    assert tap_triton._tile_shape(t, t, "bwd") == fwd
+
+
 @pytest.mark.parametrize("value", ["24", "0", "big"])
 def test_bad_tile_rows_knob_is_named(monkeypatch, value):
     monkeypatch.setenv("TAP_FAST_TILE_ROWS_BWD", value)
