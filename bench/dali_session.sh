@@ -17,8 +17,10 @@ stage join_dali 90 bash bench/carry_parts.sh join .parts /tmp/dali_site ||
 export PYTHONPATH=$PYTHONPATH:/tmp/dali_site
 python3 -c "import torch; torch.zeros(1, device='cuda'); import nvidia.dali as d; print('DALI', d.__version__)" \
   2>&1 | tee -a "$LOG" "$WORK/env.txt"
-# A warm machine after bench/gpu_session.sh has the editable install; a fresh one builds it.
-python3 -c "import torch, tap_fast._C" 2>/dev/null || build_extension ||
+# A warm machine after bench/gpu_session.sh has the editable install; a fresh one builds it.  Both
+# imports: a working tree can hold a built _C without the install that maps tap_fast.kernels to
+# kernels/ (b26c903's DALI call: one test failed with "No module named 'tap_fast.kernels'").
+python3 -c "import torch, tap_fast._C, tap_fast.kernels" 2>/dev/null || build_extension ||
   { echo "build failed" | tee -a "$LOG"; pack; exit 1; }
 
 stage dali_tests 150 python3 -m pytest -q -p no:cacheprovider --junitxml="$WORK/tests_dali.xml" \
