@@ -164,8 +164,12 @@ def _configs(kernel: str) -> list:
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop K-blocks wider than the first hidden width (mostly masked work, and a compilation each)."""
-    kept = [c for c in configs if c.kwargs["BK"] <= _pad(named_args["H1"])]
+    """Drop K-blocks wider than the first hidden width (mostly masked work, and a compilation each), and
+    4-warp candidates for tiles of 128 rows or more: compiled for sm_90 at 128 rows the forward's
+    spilled 4.5 KB per thread with 945 spill instructions in its K-loop (bench/compile_report.py), a
+    compilation and a benchmark each GPU session paid for a candidate that cannot win."""
+    rows = kwargs.get("BI", 1) * kwargs.get("BJ", 1)
+    kept = [c for c in configs if c.kwargs["BK"] <= _pad(named_args["H1"]) and (rows < 128 or c.num_warps >= 8)]
     return kept or configs[:1]
 
 

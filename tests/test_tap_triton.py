@@ -348,3 +348,15 @@ def test_fused_scores_replay_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert rel_err(got, tap_scores(x, y, ws, bs, backend="triton")) <= 1e-6 and rel_err(got, want) > 0
+
+
+def test_autotune_candidates_are_pruned_by_width_and_tile_height():
+    """K-blocks wider than H1 go (masked work), and 4-warp candidates go for 128-row tiles (they spill
+    inside the K-loop on sm_90); something always remains."""
+    configs = [triton.Config({"BK": bk}, num_warps=w) for bk, w in ((32, 8), (64, 4), (64, 8), (128, 8))]
+    kept = tap_triton._prune_configs(configs, {"H1": 1024}, BI=4, BJ=32)
+    assert [(c.kwargs["BK"], c.num_warps) for c in kept] == [(32, 8), (64, 8), (128, 8)]
+    kept = tap_triton._prune_configs(configs, {"H1": 1024}, BI=2, BJ=32)
+    assert [(c.kwargs["BK"], c.num_warps) for c in kept] == [(32, 8), (64, 4), (64, 8), (128, 8)]
+    assert [c.kwargs["BK"] for c in tap_triton._prune_configs(configs, {"H1": 40}, BI=2, BJ=32)] == [32, 64, 64]
+    assert tap_triton._prune_configs(configs[1:2], {"H1": 1024}, BI=8, BJ=16) == configs[1:2]
