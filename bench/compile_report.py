@@ -60,6 +60,7 @@ class KernelReport:
     bk: int
     num_warps: int
     num_stages: int
+    bkb: int | None = None  # the backward's phase-B K-block (None: the forward)
     registers: int = 0
     spill_stores: int = 0
     spill_loads: int = 0
@@ -153,6 +154,7 @@ def inner_loops(cubin: bytes) -> tuple[int, int]:
 def analyse(label: str, variant: str, tq: int, config, kwargs: dict, kernel, arch: int) -> KernelReport:
     """Registers, spills, shared memory and MMA kind of one compiled kernel."""
     report = KernelReport(kernel=label, variant=variant, tq=tq, bi=kwargs["BI"], bj=kwargs["BJ"], bk=config.kwargs["BK"],
+                          bkb=config.kwargs.get("BKB"),
                           num_warps=config.num_warps, num_stages=config.num_stages)
     ptx = kernel.asm["ptx"]
     report.registers, report.spill_stores, report.spill_loads = _ptxas_usage(ptx, arch)
@@ -166,12 +168,12 @@ def analyse(label: str, variant: str, tq: int, config, kwargs: dict, kernel, arc
 
 def to_markdown(reports: list[KernelReport], header: str) -> str:
     lines = [header, "",
-             "| kernel | variant | T | tile BI x BJ | BK | warps | stages | regs | spills st/ld (B) | spill instr. "
+             "| kernel | variant | T | tile BI x BJ | BK (phase B) | warps | stages | regs | spills st/ld (B) | spill instr. "
              "in inner loops | K-loop instr. | smem (KiB) | wgmma | mma.sync |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         smem = f"{r.shared_bytes / 1024:.0f}" + (" **over the limit**" if r.over_smem_limit else "")
-        lines.append(f"| {r.kernel} | {r.variant} | {r.tq} | {r.bi}x{r.bj} | {r.bk} | {r.num_warps} | {r.num_stages} | "
+        lines.append(f"| {r.kernel} | {r.variant} | {r.tq} | {r.bi}x{r.bj} | {r.bk}{'' if r.bkb is None else f' ({r.bkb})'} | {r.num_warps} | {r.num_stages} | "
                      f"{r.registers} | {r.spill_stores}/{r.spill_loads} | {r.spills_in_inner_loops} | {r.k_loop_instructions} | {smem} | "
                      f"{r.wgmma} | {r.mma_sync} |")
     return "\n".join(lines) + "\n"

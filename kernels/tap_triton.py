@@ -45,7 +45,7 @@ Extra memory: O(G_u * Q * Tq * H1 + G_v * S * Ts * H1 + NPROG_U * |weights| + NP
 
 dtypes: fp32 (tf32 tensor cores when torch.backends.cuda.matmul.allow_tf32), fp16, bf16 operands,
 always fp32 accumulation.  Under TRITON_INTERPRET=1 (CPU tests) one small config is used; on GPU the
-K-block, warps and stages are autotuned (tile rows BM = BI*BJ are chosen by a heuristic because they
+K-blocks (the backward's phase B has its own), warps and stages are autotuned (tile rows BM = BI*BJ are chosen by a heuristic because they
 fix the shape of the partial-sum buffers).
 """
 from __future__ import annotations
@@ -145,10 +145,10 @@ def _configs(kernel: str) -> list:
     warps and pipeline depths that fit a 64 x 256 fp32 accumulator and its operand stages; the
     backward keeps to 8 warps and BK <= 64, where it does not spill inside its K-loops (4 warps and
     BK = 128 did: bench/compile_report.py compiles them for sm_90 without a GPU)."""
-    if _interpreting():
-        return [triton.Config({"BK": 16}, num_warps=1, num_stages=1)]
+    if _interpreting():  # the backward's phase B on its own K-block, as a GPU candidate may have it
+        return [triton.Config({"BK": 16} | ({} if kernel == "fwd" else {"BKB": 32}), num_warps=1, num_stages=1)]
     if os.environ.get("TAP_FAST_AUTOTUNE", "1") == "0":  # one config: quick CUDA test runs
-        return [triton.Config({"BK": 32}, num_warps=8, num_stages=3)]
+        return [triton.Config({"BK": 32} | ({} if kernel == "fwd" else {"BKB": 32}), num_warps=8, num_stages=3)]
     if kernel == "fwd":
         return [
             triton.Config({"BK": 32}, num_warps=8, num_stages=4),
@@ -156,10 +156,15 @@ def _configs(kernel: str) -> list:
             triton.Config({"BK": 64}, num_warps=8, num_stages=3),
             triton.Config({"BK": 128}, num_warps=8, num_stages=2),
         ]
+    # BKB: phase B's K-block, apart from phase A's BK (the forward recompute).  Phase B re-reads a
+    # tile's dz2 from scratch once per K-block, so a wider BKB halves those bytes (the largest part
+    # of a backward tile's L2 traffic at BKB = 32, bench/KERNEL_NOTES.md "v5 timed") while phase A
+    # keeps the K-block that suits it.
     return [
-        triton.Config({"BK": 32}, num_warps=8, num_stages=3),
-        triton.Config({"BK": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BK": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BK": 32, "BKB": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BK": 32, "BKB": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BK": 64, "BKB": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BK": 64, "BKB": 64}, num_warps=8, num_stages=3),
     ]
 
 
@@ -169,13 +174,15 @@ def _prune_configs(configs, named_args, **kwargs):
     spilled 4.5 KB per thread with 945 spill instructions in its K-loop (bench/compile_report.py), a
     compilation and a benchmark each GPU session paid for a candidate that cannot win."""
     rows = kwargs.get("BI", 1) * kwargs.get("BJ", 1)
-    kept = [c for c in configs if c.kwargs["BK"] <= _pad(named_args["H1"]) and (rows < 128 or c.num_warps >= 8)]
+    h1 = _pad(named_args["H1"])
+    kept = [c for c in configs if max(c.kwargs["BK"], c.kwargs.get("BKB", 0)) <= h1 and (rows < 128 or c.num_warps >= 8)]
     return kept or configs[:1]
 
 
 _PRUNE = {"early_config_prune": _prune_configs}
-# Set per autotune candidate: whether its K-block divides the first hidden width.
+# Set per autotune candidate: whether its K-blocks divide the first hidden width.
 _EVEN_K = {"EVEN_K": lambda args: args["H1"] % args["BK"] == 0}
+_EVEN_KB = {"EVEN_KB": lambda args: args["H1"] % args["BKB"] == 0}
 
 
 # ------------------------------------------------------------------------------------------ tile math
@@ -335,6 +342,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
               DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
               Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, pid, NPROG, slot0, CHUNK,
               cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+              BKB: tl.constexpr, EVEN_KB: tl.constexpr,
               BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
               EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, REGS: tl.constexpr):
     """One persistent program of one pass (OWN_U or OWN_V): rank ``pid`` of the pass's NPROG programs
@@ -404,19 +412,19 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 if REGS:
                     # dz1 = (dz2 @ W2) * [z1 > 0] for this tile alone, K-block by K-block: dz2 (rounded to
                     # the operand dtype, as the scratch would store it) stays in registers as the A
-                    # operand, and each K-block's [BJ, BK] sum goes straight to the dV partial (its rows
+                    # operand, and each K-block's [BJ, BKB] sum goes straight to the dV partial (its rows
                     # are this item's; the end-of-chunk barrier orders the next tile's read after it).
                     dz2 = dz2.to(W2.dtype.element_ty)
                     jj = jb * BJ + tl.arange(0, BJ)
                     dv_rows = (g * S + s) * Ts + jj
-                    for k0 in range(0, H1, BK):
-                        k = k0 + tl.arange(0, BK)
-                        km = _below(k, H1, EVEN_K)
+                    for k0 in range(0, H1, BKB):
+                        k = k0 + tl.arange(0, BKB)
+                        km = _below(k, H1, EVEN_KB)
                         w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
                         pos1, _ = _h1_block(U, V, q, s, ib * BI, jb * BJ, i, j, ok, k0, Tq, Ts, H1,
-                                            BI, BJ, BK, UV_BCAST, EVEN_K)
-                        dz1 = tl.where(pos1, tl.dot(dz2, w2, input_precision=DOT_PREC), 0.0)  # [BM, BK]
-                        acc = tl.sum(tl.reshape(dz1, (BI, BJ, BK)), axis=0)  # rows are i-major
+                                            BI, BJ, BKB, UV_BCAST, EVEN_KB)
+                        dz1 = tl.where(pos1, tl.dot(dz2, w2, input_precision=DOT_PREC), 0.0)  # [BM, BKB]
+                        acc = tl.sum(tl.reshape(dz1, (BI, BJ, BKB)), axis=0)  # rows are i-major
                         _add_to(DV_PART + dv_rows[:, None] * H1 + k[None, :], acc, (jj < Ts)[:, None] & km[None, :])
                 else:
                     tl.debug_barrier()  # every thread has read its h2 before dz2 overwrites the slot
@@ -426,31 +434,31 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 # Phase B, K-block by K-block over the whole chunk: dz1 = (dz2 @ W2) * [z1 > 0] reduced into
                 # the item's dU (or dV) rows, and dW2 += dz2^T h1, both in registers across the chunk's
                 # tiles: one read-modify-write of the partial buffers per chunk instead of per tile.
-                for k0 in range(0, H1, BK):
-                    k = k0 + tl.arange(0, BK)
-                    km = _below(k, H1, EVEN_K)
+                for k0 in range(0, H1, BKB):
+                    k = k0 + tl.arange(0, BKB)
+                    km = _below(k, H1, EVEN_KB)
                     w2 = tl.load(W2 + n2[:, None] * H1 + k[None, :], mask=m2[:, None] & km[None, :], other=0.0)
-                    acc_w2 = tl.zeros((BH2, BK), dtype=tl.float32)
+                    acc_w2 = tl.zeros((BH2, BKB), dtype=tl.float32)
                     # Every tile of an item maps its rows to the same own rows (i for OWN_U, j for OWN_V),
                     # so dz1 is summed over the chunk's tiles first and reduced to those rows once per
                     # K-block: the row reduction (warp shuffles, shared memory) was the loop's largest cost.
-                    acc_rows = tl.zeros((BM, BK), dtype=tl.float32)
+                    acc_rows = tl.zeros((BM, BKB), dtype=tl.float32)
                     for t in range(c0, c1):
                         q, s, ib, jb, _ = _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U)
                         i, j, ok = _tile_rows(q, s, ib * BI, jb * BJ, Tq, Ts, BI, BJ)
                         pos1, h1 = _h1_block(U, V, q, s, ib * BI, jb * BJ, i, j, ok, k0, Tq, Ts, H1,
-                                             BI, BJ, BK, UV_BCAST, EVEN_K)
+                                             BI, BJ, BKB, UV_BCAST, EVEN_KB)
                         slot = (slot0 + (t - c0)) * BM + rows
                         dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
-                        dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BK]
+                        dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BKB]
                         acc_rows += tl.where(pos1, dz1, 0.0)
                         if OWN_U:
                             acc_w2 = tl.dot(tl.trans(dz2), h1.to(w2.dtype), acc_w2, input_precision=DOT_PREC)
                     q, s, ib, jb, g = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
                     if OWN_U:
-                        acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=1)  # rows are i-major
+                        acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BKB)), axis=1)  # rows are i-major
                     else:
-                        acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BK)), axis=0)
+                        acc = tl.sum(tl.reshape(acc_rows, (BI, BJ, BKB)), axis=0)
                     if OWN_U:
                         w2_ptr = DW2_P + pid * WROW + n2[:, None] * H1 + k[None, :]
                         w2_msk = m2[:, None] & km[None, :]
@@ -468,12 +476,13 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
 
 @triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST", "V_REGS"],
                  reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
-@triton.heuristics(_EVEN_K)
+@triton.heuristics(_EVEN_K | _EVEN_KB)
 @triton.jit
 def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                     Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, nprog_u, per_v, items_v, nprog_v, CHUNK,
                     cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                    BKB: tl.constexpr, EVEN_KB: tl.constexpr,
                     BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
                     EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, V_REGS: tl.constexpr):
     """Both backward passes in one launch: programs [0, nprog_u) run OWN_U, the rest OWN_V, side by
@@ -486,7 +495,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid * CHUNK, CHUNK,
-                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, True, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
+                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, True, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
     else:
         if V_REGS:
             slot0 = nprog_u * CHUNK + (pid - nprog_u)
@@ -495,7 +504,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_v, items_v, pid - nprog_u, nprog_v, slot0, CHUNK,
-                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, False, BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
+                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, False, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
 
 
 # ------------------------------------------------------------------------------------------ launchers

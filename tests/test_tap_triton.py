@@ -360,3 +360,7 @@ def test_autotune_candidates_are_pruned_by_width_and_tile_height():
     assert [(c.kwargs["BK"], c.num_warps) for c in kept] == [(32, 8), (64, 4), (64, 8), (128, 8)]
     assert [c.kwargs["BK"] for c in tap_triton._prune_configs(configs, {"H1": 40}, BI=2, BJ=32)] == [32, 64, 64]
     assert tap_triton._prune_configs(configs[1:2], {"H1": 1024}, BI=8, BJ=16) == configs[1:2]
+    # the backward's phase-B K-block counts too
+    split = [triton.Config({"BK": 16, "BKB": 16}, num_warps=8), triton.Config({"BK": 16, "BKB": 64}, num_warps=8)]
+    assert [c.kwargs["BKB"] for c in tap_triton._prune_configs(split, {"H1": 20}, BI=2, BJ=8)] == [16]
+    assert [c.kwargs["BKB"] for c in tap_triton._prune_configs(split, {"H1": 40}, BI=2, BJ=8)] == [16, 64]
