@@ -295,12 +295,11 @@ def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
 
 
 @triton.jit
-def _add_to(ptr, value, mask):
-    """ptr[mask] += value: read-modify-write of a slot only this program writes (deterministic)."""
-    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) + value, mask=mask)
-
-
-_BWD_ACCUMULATORS = ["DU_PART", "DV_PART", "DW2_P", "DB2_P", "DW3_P", "DB3_P", "DW4_P", "DB4_P"]
+def _add_to(ptr, value, mask, keep):
+    """ptr[mask] += value, a read-modify-write of a slot only this program writes (deterministic); when
+    keep is false this is the slot's first write and stores value (the buffers start unset: no zero
+    fill, a launch and ~30 us of memset before the backward kernel at 5w5s T = 32)."""
+    tl.store(ptr, tl.load(ptr, mask=mask & keep, other=0.0) + value, mask=mask)
 
 
 @triton.jit
@@ -385,13 +384,15 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 dz4 = tl.where(ok, gs * c * p * (1.0 - p), 0.0)
                 w4 = tl.load(W4 + n3, mask=m3, other=0.0).to(tl.float32)
                 dz3 = tl.where(h3 > 0, dz4[:, None] * w4[None, :], 0.0)  # [BM, BH3]
+                # the program's first tile writes its weight slots first (they start unset)
+                keep_w = (item != pid) | (t != 0)
                 if OWN_U:
                     tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
                     # The small weight grads go to the program's slots per tile (a few KiB): held in
                     # registers across the loop, their slice layouts cost ~60 registers and spilled.
-                    tl.store(DB4_P + pid * WROW, tl.load(DB4_P + pid * WROW) + tl.sum(dz4, axis=0))
-                    _add_to(DW4_P + pid * WROW + n3, tl.sum(dz4[:, None] * h3, axis=0), m3)
-                    _add_to(DB3_P + pid * WROW + n3, tl.sum(dz3, axis=0), m3)
+                    tl.store(DB4_P + pid * WROW, tl.load(DB4_P + pid * WROW, mask=keep_w, other=0.0) + tl.sum(dz4, axis=0))
+                    _add_to(DW4_P + pid * WROW + n3, tl.sum(dz4[:, None] * h3, axis=0), m3, keep_w)
+                    _add_to(DB3_P + pid * WROW + n3, tl.sum(dz3, axis=0), m3, keep_w)
                 tl.debug_barrier()  # h2, stored by all threads, is read back in another layout
                 h2 = tl.load(slot_ptr)
                 if OWN_U:
@@ -399,7 +400,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     # slot: plain read-modify-write), before dz2 exists, so fewer tiles are live.
                     w3_ptr = DW3_P + pid * WROW + n3[:, None] * H2 + n2[None, :]
                     w3_msk = m3[:, None] & m2[None, :]
-                    dw3 = tl.load(w3_ptr, mask=w3_msk, other=0.0)
+                    dw3 = tl.load(w3_ptr, mask=w3_msk & keep_w, other=0.0)
                     dw3 = tl.dot(tl.trans(dz3.to(h2.dtype)), h2, dw3, input_precision=DOT_PREC)
                     tl.store(w3_ptr, dw3, mask=w3_msk)
                 # W3 [BH3, BH2] (row-major [H3, H2]) for dz2 = dz3 @ W3; loaded per tile (L1/L2) rather
@@ -408,7 +409,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                 dz2 = tl.dot(dz3.to(w3.dtype), w3, input_precision=DOT_PREC)
                 dz2 = tl.where(h2 > 0, dz2, 0.0)  # [BM, BH2]
                 if OWN_U:
-                    _add_to(DB2_P + pid * WROW + n2, tl.sum(dz2, axis=0), m2)
+                    _add_to(DB2_P + pid * WROW + n2, tl.sum(dz2, axis=0), m2, keep_w)
                 if REGS:
                     # dz1 = (dz2 @ W2) * [z1 > 0] for this tile alone, K-block by K-block: dz2 (rounded to
                     # the operand dtype, as the scratch would store it) stays in registers as the A
@@ -425,7 +426,8 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                                             BI, BJ, BKB, UV_BCAST, EVEN_KB)
                         dz1 = tl.where(pos1, tl.dot(dz2, w2, input_precision=DOT_PREC), 0.0)  # [BM, BKB]
                         acc = tl.sum(tl.reshape(dz1, (BI, BJ, BKB)), axis=0)  # rows are i-major
-                        _add_to(DV_PART + dv_rows[:, None] * H1 + k[None, :], acc, (jj < Ts)[:, None] & km[None, :])
+                        _add_to(DV_PART + dv_rows[:, None] * H1 + k[None, :], acc, (jj < Ts)[:, None] & km[None, :],
+                                t != 0)  # the item's first tile writes its dV rows first
                 else:
                     tl.debug_barrier()  # every thread has read its h2 before dz2 overwrites the slot
                     tl.store(slot_ptr, dz2.to(DZ2_SCRATCH.dtype.element_ty))
@@ -462,7 +464,7 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     if OWN_U:
                         w2_ptr = DW2_P + pid * WROW + n2[:, None] * H1 + k[None, :]
                         w2_msk = m2[:, None] & km[None, :]
-                        _add_to(w2_ptr, acc_w2, w2_msk)
+                        _add_to(w2_ptr, acc_w2, w2_msk, (item != pid) | (c0 != 0))  # first chunk: first write
                         ii = ib * BI + tl.arange(0, BI)
                         ptr = DU_PART + ((g * Q + q) * Tq + ii)[:, None] * H1 + k[None, :]
                         msk = (ii < Tq)[:, None] & km[None, :]
@@ -470,12 +472,12 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                         jj = jb * BJ + tl.arange(0, BJ)
                         ptr = DV_PART + ((g * S + s) * Ts + jj)[:, None] * H1 + k[None, :]
                         msk = (jj < Ts)[:, None] & km[None, :]
-                    _add_to(ptr, acc, msk)
+                    _add_to(ptr, acc, msk, c0 != 0)  # the item's first chunk writes its rows first
             tl.debug_barrier()  # the next chunk overwrites the scratch slot (REGS: and adds to the same dV rows)
 
 
 @triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST", "V_REGS"],
-                 reset_to_zero=_BWD_ACCUMULATORS, prune_configs_by=_PRUNE)
+                 prune_configs_by=_PRUNE)
 @triton.heuristics(_EVEN_K | _EVEN_KB)
 @triton.jit
 def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
@@ -566,9 +568,9 @@ def precompile(n_q: int, n_s: int, tq: int, ts: int, hidden: tuple[int, int, int
 
 
 def _new_output(shape, dtype, device, stride=None) -> torch.Tensor:
-    """Allocation of write-only kernel outputs (every element is written by a kernel), contiguous or
-    with the given strides.  Tests swap it for a NaN-filled allocation to prove that; accumulators use
-    torch.zeros instead."""
+    """Allocation of kernel outputs and accumulators that a kernel writes before it reads them (every
+    element used), contiguous or with the given strides.  Tests swap it for a NaN-filled allocation to
+    prove that."""
     if stride is None:
         return torch.empty(shape, dtype=dtype, device=device)
     return torch.empty_strided(shape, stride, dtype=dtype, device=device)
@@ -704,14 +706,15 @@ def _bwd_cost_ratio() -> float:
     return float(os.environ.get("TAP_FAST_BWD_COST_RATIO", BWD_COST_U_OVER_V))
 
 
-def _zeroed_f32(device, *shapes) -> list[torch.Tensor]:
-    """Contiguous zeroed fp32 tensors of these shapes, carved from one allocation (one memset launch
-    instead of one per accumulator: the host cost of small episodes)."""
+def _carved_f32(device, *shapes) -> list[torch.Tensor]:
+    """Contiguous fp32 tensors of these shapes carved from one allocation, left unset: the backward
+    kernel writes each element first and adds to it after (_add_to's keep flag), so no zero fill
+    runs before it.  Allocated through _new_output, which tests poison with NaN to prove that."""
     sizes = [math.prod(shape) for shape in shapes]
     starts = [0]
     for size in sizes:
         starts.append(starts[-1] + _aligned(size))
-    flat = torch.zeros(starts[-1], dtype=torch.float32, device=device)
+    flat = _new_output((starts[-1],), torch.float32, device)
     return [flat[start:start + size].view(shape) for start, size, shape in zip(starts, sizes, shapes)]
 
 
@@ -738,7 +741,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     override the work split (tests use them to cover every split; the result must not change); nprog
     is then the program count of each pass.  aliases_ok: the weight and bias gradients may be views of
     one tensor (one cast for all); False gives each its own storage (a custom op may not return aliases).
-    The partials are always summed, even one group's: a view of one would keep the whole zeroed buffer,
+    The partials are always summed, even one group's: a view of one would keep the whole carved buffer,
     the weight slots included (~80 MiB at paper widths), alive through the prelude's backward."""
     u, v, cos, w2, b2, w3, b3, w4, b4 = _operands(u, v, cos, w2, b2, w3, b3, w4, b4)
     m = _meta(u, v, w2, w3, "bwd")
@@ -753,7 +756,7 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each program into its own
     # slot row (nprog_u x slot_row in fp32).  OWN_V programs: dV only.
     dcos = _new_dcos(cos)
-    du_part, dv_part, slots = _zeroed_f32(dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1),
+    du_part, dv_part, slots = _carved_f32(dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1),
                                           (nprog_u, slot_row))
     slot_parts = [slots[:, at:at + size] for at, size in zip(slot_offsets, slot_sizes)]
     programs = nprog_u + plan.nprog_v

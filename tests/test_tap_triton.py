@@ -88,8 +88,10 @@ def test_backward_v_in_registers_matches_float64(monkeypatch, dtype, tol, shape)
 def test_backward_work_split_is_exact(monkeypatch, groups_u, groups_v, nprog, chunk, bwd_v):
     """Every split of the backward (s-groups, q-groups, persistent programs, tiles per phase-B chunk)
     gives the same gradients, with either OWN_V pass (TAP_FAST_BWD_V): several items per program and
-    several tiles per item adding to the same dV rows."""
+    several tiles per item adding to the same dV rows.  The accumulators start as NaN: whatever the
+    split, each element's first write must come before any read."""
     monkeypatch.setenv("TAP_FAST_BWD_V", bwd_v)
+    monkeypatch.setattr(tap_triton, "_new_output", _poisoned)
     q, s, tq, ts, h1 = 3, 3, 4, 5, 18
     x, y, ws, bs = make_tap_inputs(q, s, tq, ts, 6, (h1, 12, 7), dtype=torch.float64, device="cpu", seed=5)
     from tap_fast.kernels.tap_prelude import prelude as _prelude
@@ -219,13 +221,16 @@ def test_backward_v_in_registers_shrinks_the_scratch(monkeypatch, bwd_v):
     assert "V_REGS" in tap_triton._tap_bwd_kernel.keys
 
 
-def test_every_output_element_is_written(monkeypatch):
-    """Write-only outputs start as NaN: a skipped element would surface as NaN."""
-    def poisoned(shape, dtype, device, stride=None):  # dcos comes with cos's strides (a permuted view)
-        stride = stride or torch.empty(shape, device="meta").stride()
-        return torch.empty_strided(shape, stride, dtype=dtype, device=device).fill_(float("nan"))
+def _poisoned(shape, dtype, device, stride=None):
+    """tap_triton._new_output, NaN-filled: an element a kernel reads or returns before writing it shows."""
+    stride = stride or torch.empty(shape, device="meta").stride()  # dcos comes with cos's strides
+    return torch.empty_strided(shape, stride, dtype=dtype, device=device).fill_(float("nan"))
 
-    monkeypatch.setattr(tap_triton, "_new_output", poisoned)
+
+def test_every_output_element_is_written(monkeypatch):
+    """Outputs and the backward's accumulators start as NaN: a skipped element, or an accumulator read
+    before its first write, would surface as NaN."""
+    monkeypatch.setattr(tap_triton, "_new_output", _poisoned)
     x, y, ws, bs = make_tap_inputs(2, 3, 7, 5, 5, (19, 9, 5), device=DEVICE, seed=3, requires_grad=True)
     scores = tap_scores(x, y, ws, bs, backend="triton")
     grads = torch.autograd.grad(scores.sum(), [x, y, *ws, *bs])
