@@ -286,7 +286,9 @@ def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
     _, _, p = _tile_forward(U, V, W2, B2, W3, B3, W4, B4, q, s, i0, j0, i, j, ok, Tq, Ts, H1, H2, H3,
                             BI, BJ, BK, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2)
     c = tl.load(COS + q * cs_q + s * cs_s + i * cs_i + j * cs_j, mask=ok, other=0.0).to(tl.float32)
-    tl.store(PARTIAL + pid_qs * n_tiles + pid_t, tl.sum(tl.where(ok, p * c, 0.0), axis=0))
+    # PARTIAL is [Q S, tiles] fp32, or the scores [Q, S] in the output dtype when a pair is one tile
+    total = tl.sum(tl.where(ok, p * c, 0.0), axis=0)
+    tl.store(PARTIAL + pid_qs * n_tiles + pid_t, total.to(PARTIAL.dtype.element_ty))
     if STORE_P:
         tl.store(P_OUT + (pid_qs * Tq + i) * Ts + j, p.to(P_OUT.dtype.element_ty), mask=ok)
 
@@ -629,13 +631,19 @@ def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     u, v, cos, w2, b2, w3, b3, w4, b4 = _operands(u, v, cos, w2, b2, w3, b3, w4, b4)
     m = _meta(u, v, w2, w3, "fwd")
     n_tiles = m["n_ib"] * m["n_jb"]
-    partial = _new_output((m["n_q"] * m["n_s"], n_tiles), torch.float32, u.device)
+    # One tile per clip pair (T <= 8 at the default tiles): the kernel writes the scores themselves,
+    # in the output dtype; otherwise per-tile partial sums in fp32, summed here in a fixed order.
+    single = n_tiles == 1
+    partial = _new_output((m["n_q"], m["n_s"]) if single else (m["n_q"] * m["n_s"], n_tiles),
+                          w2.dtype if single else torch.float32, u.device)
     p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), w2.dtype, u.device)
     _launch(_tap_fwd_kernel, (n_tiles, m["n_q"] * m["n_s"]),
         u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
         m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles, *cos.stride(),
         STORE_P=store_p, **_tile_constexprs(m, w2.dtype),
     )
+    if single:
+        return partial, p_out
     return partial.sum(-1).reshape(m["n_q"], m["n_s"]).to(w2.dtype), p_out
 
 
