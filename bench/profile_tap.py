@@ -12,7 +12,8 @@ check's sync) that no kernel tuning removes.  On an H200 (commit 69e0fe6) the 5w
 fraction of dense: this tells which part is host.  Also per call, without the profiler (medians):
 host milliseconds from the call's start to the forward and backward kernels' launches (the GPU has
 nothing long to run before the backward's, so at 5w5s T = 32 that is the host time on the critical
-path), and microseconds spent inside each launch (Triton's launcher and the driver).
+path), and microseconds spent inside each launch (Triton's launcher and the driver); and, for a
+kernel that autotuned during the warm-up, every candidate's benchmark time and the one chosen.
 """
 from __future__ import annotations
 
@@ -78,12 +79,33 @@ def _launch_timing(call, calls: int) -> dict:
     return out
 
 
+def _config_name(config) -> str:
+    kw = config.all_kwargs()
+    blocks = " ".join(f"{k}={kw[k]}" for k in ("BK", "BKB") if k in kw)
+    return f"{blocks} warps={kw.get('num_warps')} stages={kw.get('num_stages')}"
+
+
+def _autotuned(before: dict) -> dict:
+    """Per fused kernel that autotuned since ``before`` (its configs_timings then), each candidate's
+    benchmark time (ms) and the one chosen: which K-blocks, warps and stages won, and by how much."""
+    out = {}
+    for name, kernel in (("fwd", tap_triton._tap_fwd_kernel), ("bwd", tap_triton._tap_bwd_kernel)):
+        timings = getattr(kernel, "configs_timings", None)
+        if timings and timings is not before.get(name):
+            out[name] = dict(chosen=_config_name(kernel.best_config),
+                             candidates={_config_name(c): t for c, t in timings.items()})
+    return out
+
+
 def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> dict:
     call, _ = benchmark_call(tap_scores, q, s, t, dtype, device, mode == "fwd_bwd", d, hidden)
     cuda = device.type == "cuda"
 
+    before = {name: getattr(k, "configs_timings", None)
+              for name, k in (("fwd", tap_triton._tap_fwd_kernel), ("bwd", tap_triton._tap_bwd_kernel))}
     for _ in range(3):  # autotuning and compilation happen here, not in the profile
         call()
+    autotuned = _autotuned(before)
     t0 = time.perf_counter()
     for _ in range(calls):
         call()
@@ -99,7 +121,7 @@ def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> di
     device_ms = sum(ms for _, ms, _ in kernels)
     return dict(
         T=t, mode=mode, Q=q, S=s, wall_ms=wall_ms, device_ms=device_ms,
-        idle_ms=wall_ms - device_ms if cuda else None, **launches,
+        idle_ms=wall_ms - device_ms if cuda else None, **launches, autotuned=autotuned,
         kernels=[dict(name=n[:90], ms=ms, per_call=c) for n, ms, c in kernels[:top]],
         table=averages.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=top),
     )
@@ -118,6 +140,11 @@ def _markdown(rows, info) -> str:
                    f"| {cell(r, 'host_ms_to_fwd_launch', '.3f')} | {cell(r, 'host_ms_to_bwd_launch', '.3f')} "
                    f"| {cell(r, 'fwd_launch_us', '.0f')} | {cell(r, 'bwd_launch_us', '.0f')} |")
     for r in rows:
+        for name, tuned in r.get("autotuned", {}).items():
+            out += ["", f"## T = {r['T']}, {r['mode']}: {name} kernel autotuning (chosen: {tuned['chosen']})", "",
+                    "| candidate | benchmark ms |", "|---|---|"]
+            out += [f"| {c} | {t if isinstance(t, (int, float)) else ' / '.join(f'{x:.4f}' for x in t)} |"
+                    for c, t in tuned["candidates"].items()]
         out += ["", f"## T = {r['T']}, {r['mode']}: kernels per call", "", "| kernel | ms | launches |", "|---|---|---|"]
         out += [f"| `{k['name']}` | {k['ms']:.4f} | {k['per_call']} |" for k in r["kernels"]]
     return "\n".join(out) + "\n"

@@ -1,5 +1,6 @@
 """The bench scripts' shared command-line helpers (bench/bench_utils.py), bench/report.py and
-bench/compile_report.py's argument checks: bad inputs give one-line errors, before the work."""
+bench/compile_report.py's argument checks: bad inputs give one-line errors, before the work; and
+bench/profile_tap.py's record of the autotuner's candidates."""
 import json
 import os
 import subprocess
@@ -91,3 +92,28 @@ def test_compile_report_refuses_bad_variant_names_before_compiling():
                              env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and "argument --variants: expected ROWS/UV_LOAD" in run.stderr, run.stderr[-2000:]
         assert "Traceback" not in run.stderr and not run.stdout
+
+
+def test_profile_records_each_autotune_candidate_and_the_choice(monkeypatch):
+    """bench/profile_tap.py reports, for a fused kernel that autotuned during its warm-up, every
+    candidate's benchmark time and the chosen config (which K-blocks won on the GPU, and by how much)."""
+    triton = pytest.importorskip("triton")
+    import profile_tap
+    from tap_fast.kernels import tap_triton
+
+    kernel = tap_triton._tap_bwd_kernel
+    before = {"fwd": getattr(tap_triton._tap_fwd_kernel, "configs_timings", None),
+              "bwd": getattr(kernel, "configs_timings", None)}
+    wide = triton.Config({"BK": 32, "BKB": 64}, num_warps=8, num_stages=3)
+    even = triton.Config({"BK": 64, "BKB": 64}, num_warps=8, num_stages=2)
+    monkeypatch.setattr(kernel, "configs_timings", {wide: [0.5, 0.4, 0.6], even: [0.7, 0.6, 0.8]}, raising=False)
+    monkeypatch.setattr(kernel, "best_config", wide, raising=False)
+    tuned = profile_tap._autotuned(before)
+    assert tuned == {"bwd": {"chosen": "BK=32 BKB=64 warps=8 stages=3",
+                             "candidates": {"BK=32 BKB=64 warps=8 stages=3": [0.5, 0.4, 0.6],
+                                            "BK=64 BKB=64 warps=8 stages=2": [0.7, 0.6, 0.8]}}}
+    assert profile_tap._autotuned({"bwd": kernel.configs_timings, "fwd": before["fwd"]}) == {}  # nothing new
+    row = dict(T=32, mode="fwd_bwd", wall_ms=1.0, device_ms=0.5, idle_ms=0.5, kernels=[], autotuned=tuned)
+    md = profile_tap._markdown([row], {"device": "cuda", "commit": "abc1234"})
+    assert "bwd kernel autotuning (chosen: BK=32 BKB=64 warps=8 stages=3)" in md
+    assert "| BK=64 BKB=64 warps=8 stages=2 | 0.7000 / 0.6000 / 0.8000 |" in md
