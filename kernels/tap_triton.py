@@ -45,8 +45,8 @@ Extra memory: O(G_u * Q * Tq * H1 + G_v * S * Ts * H1 + NPROG_U * |weights| + NP
 
 dtypes: fp32 (tf32 tensor cores when torch.backends.cuda.matmul.allow_tf32), fp16, bf16 operands,
 always fp32 accumulation.  Under TRITON_INTERPRET=1 (CPU tests) one small config is used; on GPU the
-K-blocks (the backward's phase B has its own), warps and stages are autotuned (tile rows BM = BI*BJ are chosen by a heuristic because they
-fix the shape of the partial-sum buffers).
+K-blocks (the backward's phase B has its own), warps and stages are autotuned (tile rows BM = BI*BJ
+are chosen by a heuristic because they fix the shape of the partial-sum buffers).
 """
 from __future__ import annotations
 
@@ -175,7 +175,8 @@ def _prune_configs(configs, named_args, **kwargs):
     compilation and a benchmark each GPU session paid for a candidate that cannot win."""
     rows = kwargs.get("BI", 1) * kwargs.get("BJ", 1)
     h1 = _pad(named_args["H1"])
-    kept = [c for c in configs if max(c.kwargs["BK"], c.kwargs.get("BKB", 0)) <= h1 and (rows < 128 or c.num_warps >= 8)]
+    kept = [c for c in configs
+            if max(c.kwargs["BK"], c.kwargs.get("BKB", 0)) <= h1 and (rows < 128 or c.num_warps >= 8)]
     return kept or configs[:1]
 
 
@@ -342,7 +343,8 @@ def _tile_coords(item, t, per_group, n_ib, n_jb, Q, S, OWN_U: tl.constexpr):
 def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
               DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
               Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_group, n_items, pid, NPROG, slot0, CHUNK,
-              cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+              cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW,
+              OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
               BKB: tl.constexpr, EVEN_KB: tl.constexpr,
               BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
               EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, REGS: tl.constexpr):
@@ -392,7 +394,8 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     tl.store(DCOS + pair, (gs * p).to(DCOS.dtype.element_ty), mask=ok)
                     # The small weight grads go to the program's slots per tile (a few KiB): held in
                     # registers across the loop, their slice layouts cost ~60 registers and spilled.
-                    tl.store(DB4_P + pid * WROW, tl.load(DB4_P + pid * WROW, mask=keep_w, other=0.0) + tl.sum(dz4, axis=0))
+                    db4 = tl.load(DB4_P + pid * WROW, mask=keep_w, other=0.0)
+                    tl.store(DB4_P + pid * WROW, db4 + tl.sum(dz4, axis=0))
                     _add_to(DW4_P + pid * WROW + n3, tl.sum(dz4[:, None] * h3, axis=0), m3, keep_w)
                     _add_to(DB3_P + pid * WROW + n3, tl.sum(dz3, axis=0), m3, keep_w)
                 tl.debug_barrier()  # h2, stored by all threads, is read back in another layout
@@ -499,7 +502,8 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid * CHUNK, CHUNK,
-                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, True, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
+                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW,
+                  True, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
     else:
         if V_REGS:
             slot0 = nprog_u * CHUNK + (pid - nprog_u)
@@ -508,7 +512,8 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_v, items_v, pid - nprog_u, nprog_v, slot0, CHUNK,
-                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, False, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
+                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW,
+                  False, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
 
 
 # ------------------------------------------------------------------------------------------ launchers
