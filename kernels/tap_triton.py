@@ -162,6 +162,7 @@ def _configs(kernel: str) -> list:
     # keeps the K-block that suits it.
     return [
         triton.Config({"BK": 32, "BKB": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BK": 32, "BKB": 64}, num_warps=8, num_stages=2),
         triton.Config({"BK": 32, "BKB": 64}, num_warps=8, num_stages=3),
         triton.Config({"BK": 64, "BKB": 64}, num_warps=8, num_stages=2),
         triton.Config({"BK": 64, "BKB": 64}, num_warps=8, num_stages=3),
