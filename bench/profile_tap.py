@@ -85,11 +85,15 @@ def _config_name(config) -> str:
     return f"{blocks} warps={kw.get('num_warps')} stages={kw.get('num_stages')}"
 
 
+def _fused_kernels():
+    return (("fwd", tap_triton._tap_fwd_kernel), ("bwd", tap_triton._tap_bwd_kernel))
+
+
 def _autotuned(before: dict) -> dict:
     """Per fused kernel that autotuned since ``before`` (its configs_timings then), each candidate's
     benchmark time (ms) and the one chosen: which K-blocks, warps and stages won, and by how much."""
     out = {}
-    for name, kernel in (("fwd", tap_triton._tap_fwd_kernel), ("bwd", tap_triton._tap_bwd_kernel)):
+    for name, kernel in _fused_kernels():
         timings = getattr(kernel, "configs_timings", None)
         if timings and timings is not before.get(name):
             out[name] = dict(chosen=_config_name(kernel.best_config),
@@ -101,8 +105,7 @@ def profile_call(q, s, t, mode, device, dtype, d, hidden, calls=5, top=12) -> di
     call, _ = benchmark_call(tap_scores, q, s, t, dtype, device, mode == "fwd_bwd", d, hidden)
     cuda = device.type == "cuda"
 
-    before = {name: getattr(k, "configs_timings", None)
-              for name, k in (("fwd", tap_triton._tap_fwd_kernel), ("bwd", tap_triton._tap_bwd_kernel))}
+    before = {name: getattr(k, "configs_timings", None) for name, k in _fused_kernels()}
     for _ in range(3):  # autotuning and compilation happen here, not in the profile
         call()
     autotuned = _autotuned(before)
