@@ -335,24 +335,56 @@ def test_unsupported_depth_falls_back_or_errors():
     assert tap_scores(x, y, ws, bs).shape == (1, 2)  # auto -> torch path
 
 
+def _captured(fn, warmups: int = 1):
+    """(graph, fn's outputs in it): fn warmed up on a side stream (autotuning, compilation, one-time
+    probes), as torch.cuda.graph's docs ask, then captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
 def test_fused_scores_replay_in_a_cuda_graph():
     """After a warm-up call (autotuning, the prelude's one-time probe), the forward captures into a CUDA
     graph (the finite-input check, a host sync, stands aside during capture) and replays exactly."""
     x, y, ws, bs = make_tap_inputs(2, 3, 5, 7, 12, (20, 10, 6), dtype=torch.bfloat16, device=DEVICE, seed=21)
     want = tap_scores(x, y, ws, bs, backend="triton")
-    side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph's docs ask
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        tap_scores(x, y, ws, bs, backend="triton")
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        got = tap_scores(x, y, ws, bs, backend="triton")
+    graph, got = _captured(lambda: tap_scores(x, y, ws, bs, backend="triton"))
     x.copy_(torch.randn_like(x))  # the graph reads its inputs' memory at replay
     graph.replay()
     torch.cuda.synchronize()
     assert rel_err(got, tap_scores(x, y, ws, bs, backend="triton")) <= 1e-6 and rel_err(got, want) > 0
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_fused_forward_and_backward_replay_in_a_cuda_graph():
+    """Forward and every gradient capture into one CUDA graph too (the backward's accumulators are
+    initialised by its kernel, not by a fill outside it), and replays with new input values give what
+    eager calls give."""
+    shape = (2, 3, 6, 5, 16, (32, 16, 8))
+    x, y, ws, bs = make_tap_inputs(*shape, device=DEVICE, seed=21, requires_grad=True)
+    params = [x, y, *ws, *bs]
+
+    def step():
+        out = tap_scores(params[0], params[1], params[2:6], params[6:], backend="triton")
+        return (out, *torch.autograd.grad(out.sum(), params))
+
+    graph, captured = _captured(step, warmups=3)
+    for seed in (22, 23):
+        fx, fy, fws, fbs = make_tap_inputs(*shape, device=DEVICE, seed=seed)
+        with torch.no_grad():
+            for p, f in zip(params, [fx, fy, *fws, *fbs]):
+                p.copy_(f)
+        graph.replay()
+        for got, want in zip(captured, step()):
+            assert rel_err(got, want) <= 1e-5
 
 
 def test_autotune_candidates_are_pruned_by_width_and_tile_height():
