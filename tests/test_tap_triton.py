@@ -82,6 +82,25 @@ def test_backward_v_in_registers_matches_float64(monkeypatch, dtype, tol, shape)
     _check_forward_and_all_grads(dtype, tol, shape)
 
 
+def _pair_operands(q, s, tq, ts, h1, h2, h3):
+    """Random U [q, tq, h1], V [s, ts, h1] and layers 2..4 (W2, b2, W3, b3, W4, b4) for the kernels'
+    own entry points (tap_triton._forward / _backward)."""
+    u, v = torch.randn(q, tq, h1, device=DEVICE), torch.randn(s, ts, h1, device=DEVICE)
+    layers = [torch.randn(*shape, device=DEVICE) for shape in ((h2, h1), (h2,), (h3, h2), (h3,), (1, h3), (1,))]
+    return u, v, layers
+
+
+def _float64_pairs(u, v, cos, layers, grad_scores=None):
+    """(scores, gradients of every input) of the chunked torch path in float64 on the CPU: the oracle
+    for the kernels' entry points; grad_scores None means the gradient of scores.sum()."""
+    from tap_fast.kernels.tap_torch import tap_pairs_torch
+
+    ref_in = [t.double().cpu().requires_grad_() for t in (u, v, cos, *layers)]
+    out = tap_pairs_torch(ref_in[0], ref_in[1], ref_in[2], ref_in[3::2], ref_in[4::2])
+    cot = torch.ones_like(out) if grad_scores is None else grad_scores.double().cpu()
+    return out, torch.autograd.grad(out, ref_in, cot)
+
+
 @pytest.mark.parametrize("bwd_v", ["scratch", "regs"])
 @pytest.mark.parametrize("groups_u,groups_v,nprog,chunk",
                          [(1, 1, 1, 1), (2, 3, 2, 2), (3, 2, 5, 3), (1, 2, 2, 64), (None, None, None, None)])
@@ -101,11 +120,7 @@ def test_backward_work_split_is_exact(monkeypatch, groups_u, groups_v, nprog, ch
     gs = torch.randn(q, s, device=DEVICE)
     split = dict(groups_u=groups_u, groups_v=groups_v, nprog=nprog) | ({"chunk": chunk} if chunk else {})
     got = tap_triton._backward(gs, u, v, cos, *layers, **split)
-    ref_in = [t.double().cpu().requires_grad_() for t in (u, v, cos, *layers)]
-    from tap_fast.kernels.tap_torch import tap_pairs_torch
-
-    out = tap_pairs_torch(ref_in[0], ref_in[1], ref_in[2], ref_in[3::2], ref_in[4::2])
-    want = torch.autograd.grad(out, ref_in, gs.double().cpu())
+    _, want = _float64_pairs(u, v, cos, layers, gs)
     for g, w in zip(got, want):
         assert rel_err(g, w) <= 1e-3
 
@@ -210,9 +225,7 @@ def test_backward_v_in_registers_shrinks_the_scratch(monkeypatch, bwd_v):
 
     monkeypatch.setattr(tap_triton, "_launch", spy)
     q, s, tq, ts, h2 = 2, 3, 5, 7, 10
-    u, v = torch.randn(q, tq, 12, device=DEVICE), torch.randn(s, ts, 12, device=DEVICE)
-    layers = [torch.randn(h2, 12, device=DEVICE), torch.randn(h2, device=DEVICE), torch.randn(4, h2, device=DEVICE),
-              torch.randn(4, device=DEVICE), torch.randn(1, 4, device=DEVICE), torch.randn(1, device=DEVICE)]
+    u, v, layers = _pair_operands(q, s, tq, ts, 12, h2, 4)
     cos = torch.randn(q, s, tq, ts, device=DEVICE)
     tap_triton._backward(torch.randn(q, s, device=DEVICE), u, v, cos, *layers, nprog=2, chunk=3)
     bi, bj = tap_triton._tile_shape(tq, ts, "bwd")
@@ -253,18 +266,12 @@ def test_kernels_read_cos_and_grad_scores_through_their_strides(layout):
     """cos in any layout (the prelude's permuted GEMM result is read in place; a layout with gaps is
     copied first) and an expanded grad_scores (what scores.sum() sends back) give the same scores and
     gradients; dcos comes back in cos's layout, so the prelude's backward gets a view, not a copy."""
-    q, s, tq, ts, h1 = 2, 3, 5, 4, 20
-    u, v = torch.randn(q, tq, h1, device=DEVICE), torch.randn(s, ts, h1, device=DEVICE)
-    layers = [torch.randn(9, h1, device=DEVICE), torch.randn(9, device=DEVICE), torch.randn(5, 9, device=DEVICE),
-              torch.randn(5, device=DEVICE), torch.randn(1, 5, device=DEVICE), torch.randn(1, device=DEVICE)]
+    q, s, tq, ts = 2, 3, 5, 4
+    u, v, layers = _pair_operands(q, s, tq, ts, 20, 9, 5)
     cos = _layouts(torch.randn(q, s, tq, ts, device=DEVICE))[layout]
     scores, _ = tap_triton._forward(u, v, cos, *layers, False)
     grads = tap_triton._backward(torch.ones(()).expand(q, s).to(DEVICE), u, v, cos, *layers)
-    ref_in = [t.double().cpu().requires_grad_() for t in (u, v, cos, *layers)]
-    from tap_fast.kernels.tap_torch import tap_pairs_torch
-
-    out = tap_pairs_torch(ref_in[0], ref_in[1], ref_in[2], ref_in[3::2], ref_in[4::2])
-    want = torch.autograd.grad(out.sum(), ref_in)
+    out, want = _float64_pairs(u, v, cos, layers)
     assert rel_err(scores, out) <= FP32_TOL
     for g, w in zip(grads, want):
         assert rel_err(g, w) <= FP32_TOL
@@ -275,10 +282,8 @@ def test_kernels_read_cos_and_grad_scores_through_their_strides(layout):
 def test_weight_grads_share_one_buffer_in_eager_mode_only():
     """The eager backward returns the weight and bias gradients as views of one reduced buffer (one sum,
     one cast); the custom op, which torch.compile calls, may not return aliases and gives each its own."""
-    q, s, tq, ts, h1 = 2, 2, 3, 3, 12
-    u, v = torch.randn(q, tq, h1, device=DEVICE), torch.randn(s, ts, h1, device=DEVICE)
-    layers = [torch.randn(8, h1, device=DEVICE), torch.randn(8, device=DEVICE), torch.randn(4, 8, device=DEVICE),
-              torch.randn(4, device=DEVICE), torch.randn(1, 4, device=DEVICE), torch.randn(1, device=DEVICE)]
+    q, s, tq, ts = 2, 2, 3, 3
+    u, v, layers = _pair_operands(q, s, tq, ts, 12, 8, 4)
     cos, gs = torch.randn(q, s, tq, ts, device=DEVICE), torch.randn(q, s, device=DEVICE)
     eager = tap_triton._backward(gs, u, v, cos, *layers)
     op = torch.ops.tap_fast.tap_pairs_bwd(gs, u, v, cos, *layers)
