@@ -1,4 +1,6 @@
 """EpisodeDataset: tensors, labels, reproducibility by (seed, episode id), agreement with the pieces."""
+import gc
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -59,6 +61,10 @@ def test_test_mode_matches_the_pipeline_pieces(index):
 def test_dataloader_workers_agree(index):
     ds = _ds(index, train=True)
     ds[0]  # decode in the parent first: forked workers must not inherit a stuck decoder state
+    # Nor half-dead ones: earlier tests leave DALI pipelines and decoders in reference cycles, and
+    # forking while they await collection hung a worker (this test timed out in the full suite,
+    # depending only on when the collector last ran). Collect them before the workers fork.
+    gc.collect()
     loaded = list(DataLoader(ds, batch_size=None, num_workers=2, sampler=[4, 9], timeout=30))
     for item, k in zip(loaded, (4, 9)):
         assert item["episode"] == k and torch.equal(item["support"], ds[k]["support"])
