@@ -25,16 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile_report import PAPER_WIDTHS, variant_env  # noqa: E402
 
 DEFAULT_VARIANT = "64/broadcast"
+DEFAULT_VARIANTS = ["128/broadcast", "64/broadcast"]  # the default forward, the default backward
 SWEEP_VARIANTS = ["64/broadcast", "128/broadcast", "64/rows"]  # bench/tile_sweep.py in bench/gpu_session.sh
 EPISODES = ((64, 64), (5, 25))
-# In the order bench/gpu_session.sh needs them (the pool starts them in this order): the tile sweep's
-# (T = 64), the 5w5s rows, the large rows, then 128-row tiles at every T. The defaults (forward 128
-# rows, backward 64; tap_triton.GPU_TILE_ROWS) are among them: 128/broadcast's forward and
-# 64/broadcast's backward.
+# In the order bench/gpu_session.sh needs them (the pool starts them in this order): the 5w5s rows,
+# the large rows (both at the defaults: forward 128 rows, backward 64, tap_triton.GPU_TILE_ROWS, that
+# is 128/broadcast's forward and 64/broadcast's backward; a job compiles both kernels of its
+# variant), then the tile sweep's third variant (64/rows, T = 64).
 DEFAULT_JOBS = list(dict.fromkeys(
-    [(v, q, s, 64) for q, s in EPISODES for v in SWEEP_VARIANTS]
-    + [(DEFAULT_VARIANT, q, s, t) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128)]
-    + [("128/broadcast", q, s, t) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128)]))
+    [(v, q, s, t) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128) for v in DEFAULT_VARIANTS]
+    + [(v, q, s, 64) for q, s in reversed(EPISODES) for v in SWEEP_VARIANTS]))
 
 
 def _compile(variant: str, q: int, s: int, t: int, device: str) -> tuple[str, int, float]:
