@@ -68,13 +68,15 @@ stage bench_tap_graphed 120 $BENCH bench/test_bench_tap.py -k without_host_overh
 # had ~0.8 ms that did not grow with T, half of what a 3x win over torch.compile allows at T = 32.
 # (TRITON_PRINT_AUTOTUNING: the log shows each kernel's chosen config, the backward's BK among them)
 stage profile 45 env TRITON_PRINT_AUTOTUNING=1 python3 bench/profile_tap.py --t 4 32 --out "$WORK/profile_gpu"
-# The backward's next questions, asked with knobs alone (bench/KERNEL_NOTES.md, "v5 timed"): 16-row
+# The backward's next questions (bench/KERNEL_NOTES.md, "v5 timed" and "v7"): the one-pass atomic
+# backward's profile (deterministic=False: where its time goes against the default's above); 16-row
 # backward tiles at T = 8 (T = 4 has them by default since v6: a tile holds at most a clip pair's
 # frame pairs), and a 1.2 SM split at T = 32;
 # then the OWN_V pass with dz2 in registers (TAP_FAST_BWD_V=regs: no dz2 re-reads per K-block; its
 # kernels are not precompiled, ~6 autotune compilations of ~3 s), alone and with the SM split its
 # cheaper V tiles call for (1.9).
-stage bwd_knobs 120 bash -c "TAP_FAST_TILE_ROWS_BWD=16 python3 bench/profile_tap.py --t 8 --modes fwd_bwd \
+stage bwd_knobs 150 bash -c "TAP_FAST_DETERMINISTIC=0 python3 bench/profile_tap.py --t 4 32 --modes fwd_bwd \
+  --out '$WORK/profile_bwd_atomic'; TAP_FAST_TILE_ROWS_BWD=16 python3 bench/profile_tap.py --t 8 --modes fwd_bwd \
   --out '$WORK/profile_bwd16'; TAP_FAST_BWD_COST_RATIO=1.2 python3 bench/profile_tap.py --t 32 --modes fwd_bwd \
   --out '$WORK/profile_ratio12'; TAP_FAST_BWD_V=regs python3 bench/profile_tap.py --t 4 32 --modes fwd_bwd \
   --out '$WORK/profile_bwd_regs'; TAP_FAST_BWD_V=regs TAP_FAST_BWD_COST_RATIO=1.9 python3 bench/profile_tap.py \

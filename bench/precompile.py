@@ -31,21 +31,26 @@ EPISODES = ((64, 64), (5, 25))
 # In the order bench/gpu_session.sh needs them (the pool starts them in this order): the 5w5s rows,
 # the large rows (both at the defaults: forward 128 rows, backward 64, tap_triton.GPU_TILE_ROWS, that
 # is 128/broadcast's forward and 64/broadcast's backward; a job compiles both kernels of its
-# variant), then the tile sweep's third variant (64/rows, T = 64).
+# variant), with the atomic backward (deterministic=False, the fused_atomic rows) after each shape's
+# deterministic pair, then the tile sweep's third variant (64/rows, T = 64).  A job is
+# (variant, Q, S, T, deterministic).
 DEFAULT_JOBS = list(dict.fromkeys(
-    [(v, q, s, t) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128) for v in DEFAULT_VARIANTS]
-    + [(v, q, s, 64) for q, s in reversed(EPISODES) for v in SWEEP_VARIANTS]))
+    [(v, q, s, t, det) for q, s in reversed(EPISODES) for t in (4, 8, 16, 32, 64, 128)
+     for v, det in [(v, True) for v in DEFAULT_VARIANTS] + [(DEFAULT_VARIANT, False)]]
+    + [(v, q, s, 64, True) for q, s in reversed(EPISODES) for v in SWEEP_VARIANTS]))
 
 
-def _compile(variant: str, q: int, s: int, t: int, device: str) -> tuple[str, int, float]:
+def _compile(variant: str, q: int, s: int, t: int, deterministic: bool, device: str) -> tuple[str, int, float]:
     import torch
 
     from tap_fast.kernels import tap_triton  # the module the benchmarks call: same kernels, same cache keys
 
     start = time.perf_counter()
     with variant_env(variant):
-        kernels = tap_triton.precompile(q, s, t, t, tuple(PAPER_WIDTHS.values()), torch.bfloat16, device=device)
-    return f"{variant} Q={q} S={s} T={t}", len(kernels), time.perf_counter() - start
+        kernels = tap_triton.precompile(q, s, t, t, tuple(PAPER_WIDTHS.values()), torch.bfloat16, device=device,
+                                        deterministic=deterministic)
+    kind = "" if deterministic else " atomic"
+    return f"{variant}{kind} Q={q} S={s} T={t}", len(kernels), time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -55,10 +60,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tq", type=int, nargs="+", help="clip lengths")
     parser.add_argument("--variants", nargs="+", help="TILE_ROWS/UV_LOAD pairs")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--atomic", action="store_true", help="the atomic backward "
+                        "(deterministic=False) instead of the default")
     args = parser.parse_args(argv)
-    if args.episodes or args.tq or args.variants:
+    if args.episodes or args.tq or args.variants or args.atomic:
         episodes = [tuple(map(int, e.split("x"))) for e in (args.episodes or ["5x25", "64x64"])]
-        jobs = [(v, q, s, t) for v in (args.variants or [DEFAULT_VARIANT]) for q, s in episodes
+        jobs = [(v, q, s, t, not args.atomic) for v in (args.variants or [DEFAULT_VARIANT]) for q, s in episodes
                 for t in (args.tq or [32, 64])]
     else:
         jobs = DEFAULT_JOBS

@@ -9,13 +9,15 @@ extra_info per row: time_ms (CUDA events after warm-up on GPU, perf_counter on C
 (CUDA only), tflops = useful FLOPs / time (split first layer: 2(Q Tq + S Ts) D H1 + per pair
 2(H1 H2 + H2 H3 + H3 + D); x3 with backward) and pct_of_dense = tflops / the measured bf16 matmul rate.
 On a CPU-only machine only the cheap rows run (5w5s, T <= 8, no torch.compile); the rest are skipped
-with a reason.  "fused" is tap_scores with backend="auto": Triton on CUDA, the chunked torch path on CPU.
+with a reason.  "fused" is tap_scores with backend="auto": Triton on CUDA, the chunked torch path on CPU;
+"fused_atomic" the same with deterministic=False (the one-pass backward with atomic dU / dV adds; fwd_bwd
+rows only, its forward is "fused"'s).
 On CUDA every fused fwd_bwd row of the episode size with T <= 32 is also checked against the float64
 reference on the same inputs (scores and every gradient; extra_info rel_err), so the autotuned
 kernels are verified at the paper's widths.  Each torch.compile row is a fresh compilation (tens of
 seconds): on a short GPU lease select rows with -k, as bench/gpu_session.sh does.
 test_tap_scores_without_host_overhead: 5w5s fwd+bwd at T = 32 and 64 with both sides in CUDA graphs
-(the fused op captured whole, the reference under torch.compile(mode="reduce-overhead")).
+(the fused op captured whole, with either backward, the reference under torch.compile(mode="reduce-overhead")).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from tap_fast.kernels.tap_testing import PAPER_D, PAPER_HIDDEN, lowp_tolerance, 
 
 T_VALUES = [4, 8, 16, 32, 64, 128]
 EPISODES = {"5w5s": (5, 25), "large": (64, 64)}
-IMPLS = ["fused", "eager_ref", "compiled_ref"]
+IMPLS = ["fused", "fused_atomic", "eager_ref", "compiled_ref"]
 MODES = ["fwd", "fwd_bwd"]
 CPU_MAX_T = 8
 CHECK_MAX_T = 32  # float64 check of the fused rows (episode size) up to this T
@@ -54,6 +56,8 @@ def _reference_bytes(q, s, t, itemsize, backward):
 
 def _skip_reason(device, impl, episode, t, mode, dtype):
     q, s = EPISODES[episode]
+    if impl == "fused_atomic" and mode == "fwd":
+        return "the forward does not depend on deterministic (fused_atomic differs in the backward only)"
     if device.type != "cuda":
         if episode != "5w5s" or t > CPU_MAX_T:
             return f"CPU run: only 5w5s with T <= {CPU_MAX_T} (GPU rows need CUDA)"
@@ -68,10 +72,16 @@ def _skip_reason(device, impl, episode, t, mode, dtype):
     return None
 
 
+def _fused_atomic(x, y, weights, biases):
+    return tap_scores(x, y, weights, biases, deterministic=False)
+
+
 def _impl_fn(impl):
     global _compiled_reference
     if impl == "fused":
         return tap_scores
+    if impl == "fused_atomic":
+        return _fused_atomic
     if impl == "eager_ref":
         return tap_scores_reference
     if _compiled_reference is None:
@@ -128,7 +138,7 @@ def test_tap_scores(benchmark, bench_device, bench_device_info, dense_tflops, ep
         peak = peak_memory_bytes(call, bench_device)
         benchmark.pedantic(call, rounds=3, warmup_rounds=0, iterations=1)
         benchmark.extra_info["timed_calls"] = iters
-        if impl == "fused" and backward and episode == "5w5s" and T <= CHECK_MAX_T:
+        if impl.startswith("fused") and backward and episode == "5w5s" and T <= CHECK_MAX_T:
             _check_against_float64(params, fn, benchmark.extra_info)
     else:  # CPU: synchronous, so the benchmark's own wall-clock stats are the timing (kept short)
         peak = None
@@ -168,7 +178,7 @@ def graphed_fwd_bwd(fn, params):
     return call
 
 
-@pytest.mark.parametrize("impl", ["fused_graphed", "compiled_ref_cudagraphs"])
+@pytest.mark.parametrize("impl", ["fused_graphed", "fused_atomic_graphed", "compiled_ref_cudagraphs"])
 @pytest.mark.parametrize("T", GRAPHED_T)
 def test_tap_scores_without_host_overhead(benchmark, bench_device, bench_device_info, dense_tflops, T, impl):
     """5w5s fwd+bwd with the host's work taken out on both sides: the fused op captured in a CUDA
@@ -180,8 +190,8 @@ def test_tap_scores_without_host_overhead(benchmark, bench_device, bench_device_
     x, y, ws, bs = make_tap_inputs(q, s, T, T, PAPER_D, PAPER_HIDDEN, dtype=torch.bfloat16, device=bench_device,
                                    seed=T, requires_grad=True)
     params = [x, y, *ws, *bs]
-    if impl == "fused_graphed":
-        call = graphed_fwd_bwd(tap_scores, params)
+    if impl in ("fused_graphed", "fused_atomic_graphed"):
+        call = graphed_fwd_bwd(tap_scores if impl == "fused_graphed" else _fused_atomic, params)
     else:
         compiled = torch.compile(tap_scores_reference, mode="reduce-overhead", dynamic=False)
 

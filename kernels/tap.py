@@ -15,6 +15,12 @@ Backends: "triton" (fused kernels, CUDA; CPU tensors only under TRITON_INTERPRET
 depth (3 hidden layers); "torch" (memory-bounded chunks, any device and depth).  "auto" picks
 triton for CUDA tensors with a supported depth and dtype (not float64), else torch.  The environment variable
 TAP_FAST_BACKEND overrides "auto" (useful to force a path in tests or benches).
+
+Determinism: every backend's gradients are bitwise reproducible by default.  deterministic=False
+(or TAP_FAST_DETERMINISTIC=0 when the argument is not given) lets the fused backward add dU and dV
+with atomics in one pass instead of two (less work, results that differ from run to run in the last
+bits); torch.use_deterministic_algorithms(True) keeps the deterministic kernels whatever is asked.
+The torch backend is deterministic either way.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from .tap_checks import require_tensors, validate_tap_inputs
 from .tap_prelude import prelude
 from .tap_torch import DEFAULT_BUDGET_BYTES, tap_p_torch, tap_pairs_torch
 
-__all__ = ["tap_scores", "tap_alignment", "resolve_backend"]
+__all__ = ["tap_scores", "tap_alignment", "resolve_backend", "resolve_deterministic"]
 
 _BACKENDS = ("auto", "torch", "triton")
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -86,6 +92,18 @@ def _common_dtype(x, y, weights, biases):
     return x, y, list(weights), list(biases), False
 
 
+def resolve_deterministic(deterministic: bool | None = None) -> bool:
+    """Whether the fused backward keeps its deterministic reductions (see the module docstring)."""
+    if deterministic is None:
+        value = os.environ.get("TAP_FAST_DETERMINISTIC", "1")
+        if value not in ("0", "1"):
+            raise ValueError(f"TAP_FAST_DETERMINISTIC must be 0 or 1, got {value!r}")
+        deterministic = value == "1"
+    elif not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True, False or None, got {deterministic!r}")
+    return deterministic or torch.are_deterministic_algorithms_enabled()
+
+
 def _prepare(x, y, weights, biases, budget_bytes):
     """Cast (under autocast) then validate; also returns the context the computation runs in."""
     weights, biases = require_tensors(x, y, weights, biases)
@@ -111,11 +129,15 @@ def tap_scores(
     *,
     backend: str = "auto",
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    deterministic: bool | None = None,
 ) -> torch.Tensor:
     """TAP scores [Q, S] = sum_ij P_ij * S_ij for x [Q, Tq, D], y [S, Ts, D] (see module docstring).
 
-    ``budget_bytes`` bounds the hidden activations per chunk of the torch backend.
+    ``budget_bytes`` bounds the hidden activations per chunk of the torch backend.  ``deterministic``
+    False lets the fused backward use atomics (faster; see the module docstring); None reads
+    TAP_FAST_DETERMINISTIC (default 1).
     """
+    deterministic = resolve_deterministic(deterministic)
     x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases, budget_bytes)
     with precision:
         u, v, cos = prelude(x, y, weights, biases)
@@ -124,7 +146,7 @@ def tap_scores(
         if resolve_backend(x, widths, backend) == "triton":
             from .tap_triton import tap_pairs_triton
 
-            return tap_pairs_triton(u, v, cos, weights[1:], biases[1:])
+            return tap_pairs_triton(u, v, cos, weights[1:], biases[1:], deterministic)
         return tap_pairs_torch(u, v, cos, weights[1:], biases[1:], budget_bytes)
 
 

@@ -38,10 +38,14 @@ TAP_FAST_BWD_V=regs (a knob, default scratch) runs the OWN_V pass without phase 
 its dz2 in registers and loops over H1 itself, adding each K-block's dz1 row sums to the dV partial
 (a [BJ, BK] read-modify-write per K-block and tile instead of re-reading dz2 from scratch per K-block).
 All reductions are deterministic (fixed loop order, owned buffers, torch sums of partials).  The
-cost is one extra forward+dz1 recompute; atomics would avoid it but are not deterministic.
+cost is one extra forward+dz1 recompute.  deterministic=False (ATOMIC) avoids it: one pass of OWN_U
+items only, whose phase B also adds each tile's dz1, summed over its i rows, to dV with atomics, and
+dU to one zeroed buffer likewise (plan_backward_atomic; the weight slots stay program-owned, one per
+program); results then differ from run to run in the last bits.
 
 Extra memory: O(G_u * Q * Tq * H1 + G_v * S * Ts * H1 + NPROG_U * |weights| + NPROG * BWD_CHUNK * BM * H2 + Q*S*tiles)
-(with TAP_FAST_BWD_V=regs the scratch is (NPROG_U * BWD_CHUNK + NPROG_V) * BM * H2).
+(with TAP_FAST_BWD_V=regs the scratch is (NPROG_U * BWD_CHUNK + NPROG_V) * BM * H2; with ATOMIC,
+G_u = G_v = 1 and NPROG_U = NPROG, up to the SM count).
 
 dtypes: fp32 (tf32 tensor cores when torch.backends.cuda.matmul.allow_tf32), fp16, bf16 operands,
 always fp32 accumulation.  Under TRITON_INTERPRET=1 (CPU tests) one small config is used; on GPU the
@@ -348,12 +352,15 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
               OWN_U: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
               BKB: tl.constexpr, EVEN_KB: tl.constexpr,
               BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
-              EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, REGS: tl.constexpr):
+              EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, REGS: tl.constexpr, ATOMIC: tl.constexpr):
     """One persistent program of one pass (OWN_U or OWN_V): rank ``pid`` of the pass's NPROG programs
     takes items pid, pid + NPROG, ...; its scratch slot is the tiles slot0, slot0 + 1, ... (CHUNK of
     them, 1 with REGS), disjoint over both passes.  REGS (OWN_V only, TAP_FAST_BWD_V=regs): each tile
     forms its dz1 right after phase A from dz2 held in registers, K-block by K-block, and adds it to
-    the dV partial per K-block; no phase B, so the chunk is one tile and dz2 never goes to scratch."""
+    the dV partial per K-block; no phase B, so the chunk is one tile and dz2 never goes to scratch.
+    ATOMIC (OWN_U only, deterministic=False): the one pass there is; phase B also reduces each tile's
+    dz1 over its i rows and adds it to dV with atomics, and dU goes to one zeroed buffer with atomics
+    (no groups), so no OWN_V pass recomputes the forward only to own dV."""
     BM: tl.constexpr = BI * BJ
     n2 = tl.arange(0, BH2)
     n3 = tl.arange(0, BH3)
@@ -459,7 +466,17 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                         slot = (slot0 + (t - c0)) * BM + rows
                         dz2 = tl.load(DZ2_SCRATCH + slot[:, None] * BH2 + n2[None, :])
                         dz1 = tl.dot(dz2, w2, input_precision=DOT_PREC)  # [BM, BKB]
-                        acc_rows += tl.where(pos1, dz1, 0.0)
+                        if ATOMIC:
+                            # this tile's dV rows (s, j-block) are other items' too: an atomic add of
+                            # dz1 summed over the tile's i rows (rows are i-major)
+                            dz1 = tl.where(pos1, dz1, 0.0)
+                            acc_rows += dz1
+                            jj = jb * BJ + tl.arange(0, BJ)
+                            tl.atomic_add(DV_PART + ((s * Ts + jj)[:, None] * H1 + k[None, :]),
+                                          tl.sum(tl.reshape(dz1, (BI, BJ, BKB)), axis=0),
+                                          mask=(jj < Ts)[:, None] & km[None, :], sem="relaxed")
+                        else:
+                            acc_rows += tl.where(pos1, dz1, 0.0)
                         if OWN_U:
                             acc_w2 = tl.dot(tl.trans(dz2), h1.to(w2.dtype), acc_w2, input_precision=DOT_PREC)
                     q, s, ib, jb, g = _tile_coords(item, c0, per_group, n_ib, n_jb, Q, S, OWN_U)
@@ -478,11 +495,16 @@ def _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                         jj = jb * BJ + tl.arange(0, BJ)
                         ptr = DV_PART + ((g * S + s) * Ts + jj)[:, None] * H1 + k[None, :]
                         msk = (jj < Ts)[:, None] & km[None, :]
-                    _add_to(ptr, acc, msk, c0 != 0)  # the item's first chunk writes its rows first
+                    if ATOMIC:  # one dU buffer, zeroed: the q's items of every group add to its rows
+                        tl.atomic_add(DU_PART + (q * Tq + ii)[:, None] * H1 + k[None, :], acc, mask=msk,
+                                      sem="relaxed")
+                    else:
+                        _add_to(ptr, acc, msk, c0 != 0)  # the item's first chunk writes its rows first
             tl.debug_barrier()  # the next chunk overwrites the scratch slot (REGS: and adds to the same dV rows)
 
 
-@triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST", "V_REGS"],
+@triton.autotune(configs=_configs("bwd"), key=["H1", "H2", "H3", "Tq", "Ts", "BI", "BJ", "UV_BCAST", "V_REGS",
+                                                "ATOMIC"],
                  prune_configs_by=_PRUNE)
 @triton.heuristics(_EVEN_K | _EVEN_KB)
 @triton.jit
@@ -492,19 +514,26 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                     cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                     BKB: tl.constexpr, EVEN_KB: tl.constexpr,
                     BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
-                    EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, V_REGS: tl.constexpr):
+                    EVEN_K: tl.constexpr, FULL_H2: tl.constexpr, V_REGS: tl.constexpr, ATOMIC: tl.constexpr):
     """Both backward passes in one launch: programs [0, nprog_u) run OWN_U, the rest OWN_V, side by
     side.  Only the OWN_U programs own weight-gradient slots, so the slots (1 MiB each at the paper's
     widths) number nprog_u, not the SM count, and neither pass waits for the other's tail.  V_REGS
     (TAP_FAST_BWD_V=regs) runs the OWN_V pass without phase B; its programs' scratch slots are then
-    one tile each, after the OWN_U programs' CHUNK tiles."""
+    one tile each, after the OWN_U programs' CHUNK tiles.  ATOMIC (deterministic=False): every
+    program runs OWN_U, adding dU and dV with atomics (nprog_v is 0)."""
     pid = tl.program_id(0)
-    if pid < nprog_u:
+    if ATOMIC:
         _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid * CHUNK, CHUNK,
                   cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW,
-                  True, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False)
+                  True, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False, True)
+    elif pid < nprog_u:
+        _bwd_role(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
+                  DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
+                  Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_u, items_u, pid, nprog_u, pid * CHUNK, CHUNK,
+                  cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW,
+                  True, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, False, False)
     else:
         if V_REGS:
             slot0 = nprog_u * CHUNK + (pid - nprog_u)
@@ -514,7 +543,7 @@ def _tap_bwd_kernel(U, V, COS, GS, W2, B2, W3, B3, W4, B4,
                   DCOS, DU_PART, DV_PART, DW2_P, DB2_P, DW3_P, DB3_P, DW4_P, DB4_P, DZ2_SCRATCH,
                   Q, S, Tq, Ts, H1, H2, H3, n_ib, n_jb, per_v, items_v, pid - nprog_u, nprog_v, slot0, CHUNK,
                   cs_q, cs_s, cs_i, cs_j, gs_q, gs_s, WROW,
-                  False, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS)
+                  False, BI, BJ, BK, BKB, EVEN_KB, BH2, BH3, DOT_PREC, UV_BCAST, EVEN_K, FULL_H2, V_REGS, False)
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -557,12 +586,16 @@ def _launch(kernel, grid, *args, **kwargs):
 
 
 def precompile(n_q: int, n_s: int, tq: int, ts: int, hidden: tuple[int, int, int], dtype: torch.dtype,
-               device="cuda") -> list:
+               device="cuda", deterministic: bool | None = None) -> list:
     """Compile, without running, every autotune candidate of the forward and both backward passes for
     the fused ops' arguments at these sizes (hidden = (H1, H2, H3); U, V in fp32 and the rest in
     dtype, as tap.py passes them).  Returns [(label, triton.Config, launch kwargs, CompiledKernel)],
     label fwd or bwd.  Run it with the device (and environment knobs) of the real calls:
-    the work split, hence the kernels' integer arguments, depends on the device's SM count."""
+    the work split, hence the kernels' integer arguments, depends on the device's SM count.
+    deterministic: the backward's kind (None: as tap_scores would choose it, TAP_FAST_DETERMINISTIC)."""
+    from .tap import resolve_deterministic  # (tap.py imports this module lazily: no cycle at import)
+
+    deterministic = resolve_deterministic(deterministic)
     h1, h2, h3 = hidden
     u = torch.zeros(n_q, tq, h1, device=device, requires_grad=True)
     v = torch.zeros(n_s, ts, h1, device=device, requires_grad=True)
@@ -570,7 +603,7 @@ def precompile(n_q: int, n_s: int, tq: int, ts: int, hidden: tuple[int, int, int
     weights = [torch.zeros(o, i, dtype=dtype, device=device, requires_grad=True) for o, i in ((h2, h1), (h3, h2), (1, h3))]
     biases = [torch.zeros(o, dtype=dtype, device=device, requires_grad=True) for o in (h2, h3, 1)]
     with compile_only() as compiled:
-        scores = tap_pairs_triton(u, v, cos, weights, biases)
+        scores = tap_pairs_triton(u, v, cos, weights, biases, deterministic)
         torch.autograd.grad(scores.sum(), [u, v, cos, *weights, *biases])
     return [("fwd" if "fwd" in name else "bwd", config, kwargs, kernel) for name, config, kwargs, kernel in compiled]
 
@@ -715,6 +748,34 @@ def plan_backward(n_q: int, n_s: int, n_ib: int, n_jb: int, sms: int, cost_ratio
     return min((b for b in best if b[0] <= 1.03 * fastest), key=lambda b: b[1:3])[3]
 
 
+# A phase-B chunk's fixed cost in tiles: its read-modify-write of the program's dW2 slot (as many bytes
+# as a tile's dz2 re-reads at BKB = 32) and its dU rows; an estimate (bench/KERNEL_NOTES.md, "v7").
+ATOMIC_CHUNK_COST = 0.5
+
+
+@functools.lru_cache(maxsize=256)
+def plan_backward_atomic(n_q: int, n_s: int, n_ib: int, n_jb: int, sms: int, chunk: int = BWD_CHUNK,
+                         groups_u=None, nprog=None) -> BackwardPlan:
+    """The work split of the atomic backward (deterministic=False): one pass, OWN_U items (q, i-block,
+    group of (s, j-block) pairs) on up to ``sms`` programs.  Groups cost no memory there (dU and dV are
+    added with atomics), so they are as fine as balancing the programs asks: the busiest program's
+    tiles plus ATOMIC_CHUNK_COST per phase-B chunk, least; among ties the fewest programs (each owns a
+    weight slot), then the largest groups.  groups_u/nprog pin those choices (tests)."""
+    n_other = n_s * n_jb
+    wanted = [groups_u] if groups_u is not None else range(1, n_other + 1)
+    best = None
+    for g in sorted({math.ceil(n_other / math.ceil(n_other / max(1, min(int(w), n_other)))) for w in wanted}):
+        per = math.ceil(n_other / g)
+        items = n_q * n_ib * g
+        programs = min(items, nprog if nprog is not None else max(sms, 1))
+        rounds = math.ceil(items / programs)
+        cost = rounds * (per + math.ceil(per / chunk) * ATOMIC_CHUNK_COST)
+        key = (cost, programs, -per)
+        if best is None or key < best[0]:
+            best = (key, BackwardPlan(g, per, programs, 0, 0, 0))
+    return best[1]
+
+
 def _bwd_cost_ratio() -> float:
     """TAP_FAST_BWD_COST_RATIO overrides BWD_COST_U_OVER_V: a knob for balancing the passes on a GPU."""
     return float(os.environ.get("TAP_FAST_BWD_COST_RATIO", BWD_COST_U_OVER_V))
@@ -750,28 +811,41 @@ def _weight_slot_layout(h1: int, h2: int, h3: int) -> tuple[list[int], list[int]
 
 
 def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, groups_v=None, nprog=None,
-              chunk=BWD_CHUNK, aliases_ok=True):
+              chunk=BWD_CHUNK, aliases_ok=True, deterministic=True):
     """All gradients of scores w.r.t. (u, v, cos, w2, b2, w3, b3, w4, b4).  groups_u/groups_v/nprog/chunk
     override the work split (tests use them to cover every split; the result must not change); nprog
     is then the program count of each pass.  aliases_ok: the weight and bias gradients may be views of
     one tensor (one cast for all); False gives each its own storage (a custom op may not return aliases).
     The partials are always summed, even one group's: a view of one would keep the whole carved buffer,
-    the weight slots included (~80 MiB at paper widths), alive through the prelude's backward."""
+    the weight slots included (~80 MiB at paper widths), alive through the prelude's backward.
+    deterministic=False: one pass adding dU and dV with atomics (plan_backward_atomic; groups_v unused)."""
     u, v, cos, w2, b2, w3, b3, w4, b4 = _operands(u, v, cos, w2, b2, w3, b3, w4, b4)
     m = _meta(u, v, w2, w3, "bwd")
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev = u.device
     slot_sizes, slot_offsets, slot_row = _weight_slot_layout(h1, h2, h3)
     sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, slot_row * 4)  # fp32 partials and slots
-    plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v, nprog,
-                         sizes)
+    if deterministic:
+        plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v,
+                             nprog, sizes)
+    else:
+        plan = plan_backward_atomic(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), chunk, groups_u, nprog)
     items_u, items_v = plan.items(n_q, n_s, m["n_ib"], m["n_jb"])
     nprog_u = plan.nprog_u
     # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each program into its own
     # slot row (nprog_u x slot_row in fp32).  OWN_V programs: dV only.
     dcos = _new_dcos(cos)
-    du_part, dv_part, slots = _carved_f32(dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1),
-                                          (nprog_u, slot_row))
+    if deterministic:
+        du_part, dv_part, slots = _carved_f32(dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1),
+                                              (nprog_u, slot_row))
+    else:  # atomics add to dU and dV from the start: zeroed, in one fill unless they may not alias
+        (slots,) = _carved_f32(dev, (nprog_u, slot_row))
+        if aliases_ok:
+            du_dv = torch.zeros(n_q * tq * h1 + n_s * ts * h1, dtype=torch.float32, device=dev)
+            du_part, dv_part = du_dv[:n_q * tq * h1].view(1, n_q, tq, h1), du_dv[n_q * tq * h1:].view(1, n_s, ts, h1)
+        else:
+            du_part = torch.zeros(1, n_q, tq, h1, dtype=torch.float32, device=dev)
+            dv_part = torch.zeros(1, n_s, ts, h1, dtype=torch.float32, device=dev)
     slot_parts = [slots[:, at:at + size] for at, size in zip(slot_offsets, slot_sizes)]
     programs = nprog_u + plan.nprog_v
     v_regs = _bwd_v_regs()  # OWN_V programs then park one tile (h2) instead of a chunk's dz2
@@ -783,13 +857,15 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
         n_q, n_s, tq, ts, h1, h2, h3, m["n_ib"], m["n_jb"],
         plan.per_u, items_u, nprog_u, plan.per_v, items_v, plan.nprog_v, chunk,
         *cos.stride(), *grad_scores.stride(), slot_row,
-        **_tile_constexprs(m, w2.dtype), V_REGS=v_regs,
+        **_tile_constexprs(m, w2.dtype), V_REGS=v_regs and deterministic, ATOMIC=not deterministic,
     )
     slot_sum = slots.sum(0)
     if aliases_ok:
         slot_sum = slot_sum.to(w2.dtype)
     weight_grads = [slot_sum[at:at + size].view(t.shape).to(t.dtype, copy=not aliases_ok)
                     for at, size, t in zip(slot_offsets, slot_sizes, (w2, b2, w3, b3, w4, b4))]
+    if not deterministic:  # one buffer each: nothing to sum
+        return du_part[0].to(u.dtype), dv_part[0].to(v.dtype), dcos, *weight_grads
     return du_part.sum(0).to(u.dtype), dv_part.sum(0).to(v.dtype), dcos, *weight_grads
 
 
@@ -802,12 +878,12 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
 @torch.library.custom_op("tap_fast::tap_pairs_fwd", mutates_args=())
 def _tap_pairs_fwd(u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                    w3: torch.Tensor, b3: torch.Tensor, w4: torch.Tensor, b4: torch.Tensor,
-                   store_p: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p)
+                   store_p: bool, deterministic: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p)  # deterministic: for the backward
 
 
 @_tap_pairs_fwd.register_fake
-def _(u, v, cos, w2, b2, w3, b3, w4, b4, store_p):
+def _(u, v, cos, w2, b2, w3, b3, w4, b4, store_p, deterministic=True):
     p_shape = (u.shape[0], v.shape[0], u.shape[1], v.shape[1]) if store_p else (1,)
     return u.new_empty(u.shape[0], v.shape[0], dtype=w2.dtype), u.new_empty(p_shape, dtype=w2.dtype)
 
@@ -815,26 +891,28 @@ def _(u, v, cos, w2, b2, w3, b3, w4, b4, store_p):
 @torch.library.custom_op("tap_fast::tap_pairs_bwd", mutates_args=())
 def _tap_pairs_bwd(grad_scores: torch.Tensor, u: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
                    w2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor, w4: torch.Tensor,
-                   b4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, aliases_ok=False)
+                   b4: torch.Tensor, deterministic: bool = True) -> tuple[
+                       torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                       torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, aliases_ok=False, deterministic=deterministic)
 
 
 @_tap_pairs_bwd.register_fake
-def _(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4):
+def _(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, deterministic=True):
     dcos = _new_dcos(_cos_operand(cos))  # the strides the real kernel writes
     return u.new_empty(u.shape), v.new_empty(v.shape), dcos, *(t.new_empty(t.shape) for t in (w2, b2, w3, b3, w4, b4))
 
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:9])
+    ctx.deterministic = inputs[10] if len(inputs) > 10 else True
 
 
 @first_order_only("tap_scores", TAP_HINT)
 def _backward_rule(ctx, grad_scores, grad_p):
     # grad_p is ignored: P is an inspection output (tap_alignment runs without autograd).
-    grads = torch.ops.tap_fast.tap_pairs_bwd(grad_scores, *ctx.saved_tensors)
-    return (*grads, None)
+    grads = torch.ops.tap_fast.tap_pairs_bwd(grad_scores, *ctx.saved_tensors, ctx.deterministic)
+    return (*grads, None, None)
 
 
 _tap_pairs_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
@@ -847,16 +925,17 @@ class _TapPairsEager(torch.autograd.Function):
     torch.compile needs the ops (an opaque node it can trace around), eager mode does not."""
 
     @staticmethod
-    def forward(ctx, u, v, cos, w2, b2, w3, b3, w4, b4):
+    def forward(ctx, u, v, cos, w2, b2, w3, b3, w4, b4, deterministic):
         args = _operands(u, v, cos, w2, b2, w3, b3, w4, b4)  # saved as the kernels read them
         ctx.save_for_backward(*args)
+        ctx.deterministic = deterministic
         scores, _ = _forward(*args, False)
         return scores
 
     @staticmethod
     @first_order_only("tap_scores", TAP_HINT)  # the kernels' gradients are not differentiable themselves
     def backward(ctx, grad_scores):
-        return _backward(grad_scores, *ctx.saved_tensors)
+        return (*_backward(grad_scores, *ctx.saved_tensors, deterministic=ctx.deterministic), None)
 
 
 def _prepare(u, v, cos, weights, biases):
@@ -865,13 +944,15 @@ def _prepare(u, v, cos, weights, biases):
     return [u, v, cos, weights[0], biases[0], weights[1], biases[1], weights[2], biases[2]]
 
 
-def tap_pairs_triton(u, v, cos, weights, biases) -> torch.Tensor:
-    """Scores [Q, S] from U, V (b1 included), cos and layers 2..4 (weights/biases lists of 3)."""
+def tap_pairs_triton(u, v, cos, weights, biases, deterministic: bool = True) -> torch.Tensor:
+    """Scores [Q, S] from U, V (b1 included), cos and layers 2..4 (weights/biases lists of 3).
+    deterministic=False: the backward adds dU and dV with atomics in one pass (faster, not bitwise
+    reproducible from run to run)."""
     args = _prepare(u, v, cos, weights, biases)
     if torch.compiler.is_compiling():
-        scores, _ = torch.ops.tap_fast.tap_pairs_fwd(*args, False)
+        scores, _ = torch.ops.tap_fast.tap_pairs_fwd(*args, False, deterministic)
         return scores
-    return _TapPairsEager.apply(*args)
+    return _TapPairsEager.apply(*args, deterministic)
 
 
 def tap_p_triton(u, v, cos, weights, biases) -> torch.Tensor:

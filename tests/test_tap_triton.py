@@ -82,6 +82,15 @@ def test_backward_v_in_registers_matches_float64(monkeypatch, dtype, tol, shape)
     _check_forward_and_all_grads(dtype, tol, shape)
 
 
+@pytest.mark.parametrize("dtype,tol", DTYPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("shape", SHAPES, ids=_SHAPE_ID)
+def test_atomic_backward_matches_float64(monkeypatch, dtype, tol, shape):
+    """deterministic=False (here through TAP_FAST_DETERMINISTIC=0, as a training script would set it):
+    one backward pass adding dU and dV with atomics; the same checks as the default."""
+    monkeypatch.setenv("TAP_FAST_DETERMINISTIC", "0")
+    _check_forward_and_all_grads(dtype, tol, shape)
+
+
 def _pair_operands(q, s, tq, ts, h1, h2, h3):
     """Random U [q, tq, h1], V [s, ts, h1] and layers 2..4 (W2, b2, W3, b3, W4, b4) for the kernels'
     own entry points (tap_triton._forward / _backward)."""
@@ -123,6 +132,80 @@ def test_backward_work_split_is_exact(monkeypatch, groups_u, groups_v, nprog, ch
     _, want = _float64_pairs(u, v, cos, layers, gs)
     for g, w in zip(got, want):
         assert rel_err(g, w) <= 1e-3
+
+
+@pytest.mark.parametrize("groups_u,nprog,chunk", [(1, 1, 1), (2, 2, 2), (3, 5, 3), (4, 2, 64), (None, None, None)])
+def test_atomic_backward_work_split_is_exact(monkeypatch, groups_u, nprog, chunk):
+    """The atomic backward (one pass, dU and dV added with atomics into zeroed buffers) over its work
+    splits: several items per program, several programs and groups adding to the same dU and dV rows.
+    The weight slots start as NaN: each program's first write must still come before any read."""
+    monkeypatch.setattr(tap_triton, "_new_output", _poisoned)
+    q, s, tq, ts, h1 = 3, 3, 4, 5, 18
+    u, v, layers = _pair_operands(q, s, tq, ts, h1, 12, 7)
+    cos, gs = torch.randn(q, s, tq, ts, device=DEVICE), torch.randn(q, s, device=DEVICE)
+    split = dict(groups_u=groups_u, nprog=nprog) | ({"chunk": chunk} if chunk else {})
+    got = tap_triton._backward(gs, u, v, cos, *layers, deterministic=False, **split)
+    _, want = _float64_pairs(u, v, cos, layers, gs)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) <= 1e-3
+
+
+@pytest.mark.parametrize("n_q,n_s,n_ib,n_jb,sms", [(5, 25, 16, 1, 132), (5, 25, 64, 1, 132), (64, 64, 2, 1, 132),
+                                                     (1, 1, 1, 1, 4), (3, 7, 2, 3, 1)])
+def test_atomic_plan_covers_the_work_in_fewer_units_than_two_passes(n_q, n_s, n_ib, n_jb, sms):
+    """The atomic plan: one pass on at most the SMs, every (s, j-block) pair of an item's side in one
+    group; and its busiest program does less GEMM work (3 units a tile: forward, dz1, dW2) than the
+    two-pass plan's busier pass (OWN_U 3 units a tile, OWN_V 2), the point of the option."""
+    plan = tap_triton.plan_backward_atomic(n_q, n_s, n_ib, n_jb, sms)
+    items, _ = plan.items(n_q, n_s, n_ib, n_jb)
+    assert plan.nprog_v == 0 and 1 <= plan.nprog_u <= min(items, max(sms, 1))
+    assert (plan.groups_u - 1) * plan.per_u < n_s * n_jb <= plan.groups_u * plan.per_u
+    two = tap_triton.plan_backward(n_q, n_s, n_ib, n_jb, sms)
+    items_u, items_v = two.items(n_q, n_s, n_ib, n_jb)
+    two_units = max(3 * -(-items_u // two.nprog_u) * two.per_u, 2 * -(-items_v // two.nprog_v) * two.per_v)
+    assert 3 * -(-items // plan.nprog_u) * plan.per_u <= two_units
+
+
+def test_deterministic_algorithms_keep_the_deterministic_backward(monkeypatch):
+    """deterministic=False is a request: torch.use_deterministic_algorithms(True) keeps the two-pass
+    backward (as PyTorch picks its own deterministic kernels then); None reads TAP_FAST_DETERMINISTIC."""
+    from tap_fast.kernels.tap import resolve_deterministic
+
+    seen = []
+    launch = tap_triton._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is tap_triton._tap_bwd_kernel:
+            seen.append(kwargs["ATOMIC"])
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(tap_triton, "_launch", spy)
+    x, y, ws, bs = make_tap_inputs(1, 2, 3, 2, 4, (6, 5, 3), device=DEVICE, seed=2, requires_grad=True)
+    for asked in (True, False):
+        torch.autograd.grad(tap_scores(x, y, ws, bs, backend="triton", deterministic=asked).sum(), [x])
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.autograd.grad(tap_scores(x, y, ws, bs, backend="triton", deterministic=False).sum(), [x])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert seen == [False, True, False]
+    assert "ATOMIC" in tap_triton._tap_bwd_kernel.keys
+    assert resolve_deterministic() is True
+    monkeypatch.setenv("TAP_FAST_DETERMINISTIC", "0")
+    assert resolve_deterministic() is False and resolve_deterministic(True) is True
+
+
+@pytest.mark.parametrize("value,error", [("no", ValueError), (0, TypeError)])
+def test_bad_determinism_request_is_named(monkeypatch, value, error):
+    if isinstance(value, str):
+        monkeypatch.setenv("TAP_FAST_DETERMINISTIC", value)
+        kwargs = {}
+    else:
+        kwargs = {"deterministic": value}
+    x, y, ws, bs = make_tap_inputs(1, 1, 2, 2, 3, (5, 3, 2), device=DEVICE, seed=0)
+    with pytest.raises(error, match="TAP_FAST_DETERMINISTIC must be 0 or 1|deterministic must be True, False or None"):
+        tap_scores(x, y, ws, bs, backend="triton", **kwargs)
 
 
 @pytest.mark.parametrize("n_q,n_s,n_ib,n_jb,sms", [(5, 25, 16, 1, 132), (64, 64, 1, 2, 132), (1, 1, 1, 1, 4),
@@ -300,9 +383,12 @@ def test_fused_alignment_matches_reference():
     assert rel_err(p, p_ref) <= FP32_TOL and rel_err(cos, cos_ref) <= 1e-6
 
 
-def test_fused_op_under_torch_compile():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_fused_op_under_torch_compile(deterministic):
+    """The custom ops carry the determinism request from the forward to the backward."""
     x, y, ws, bs = make_tap_inputs(2, 2, 3, 4, 5, (17, 9, 4), device=DEVICE, seed=6, requires_grad=True)
-    fn = torch.compile(lambda *a: tap_scores(a[0], a[1], list(a[2:6]), list(a[6:]), backend="triton"), backend="eager", fullgraph=True)
+    fn = torch.compile(lambda *a: tap_scores(a[0], a[1], list(a[2:6]), list(a[6:]), backend="triton",
+                                             deterministic=deterministic), backend="eager", fullgraph=True)
     got = fn(x, y, *ws, *bs)
     want = tap_scores(x, y, ws, bs, backend="triton")
     assert rel_err(got, want) <= 1e-6
@@ -369,16 +455,17 @@ def test_fused_scores_replay_in_a_cuda_graph():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
-def test_fused_forward_and_backward_replay_in_a_cuda_graph():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_fused_forward_and_backward_replay_in_a_cuda_graph(deterministic):
     """Forward and every gradient capture into one CUDA graph too (the backward's accumulators are
-    initialised by its kernel, not by a fill outside it), and replays with new input values give what
-    eager calls give."""
+    initialised by its kernel, or by a zero fill inside the graph for the atomic backward), and
+    replays with new input values give what eager calls give."""
     shape = (2, 3, 6, 5, 16, (32, 16, 8))
     x, y, ws, bs = make_tap_inputs(*shape, device=DEVICE, seed=21, requires_grad=True)
     params = [x, y, *ws, *bs]
 
     def step():
-        out = tap_scores(params[0], params[1], params[2:6], params[6:], backend="triton")
+        out = tap_scores(params[0], params[1], params[2:6], params[6:], backend="triton", deterministic=deterministic)
         return (out, *torch.autograd.grad(out.sum(), params))
 
     graph, captured = _captured(step, warmups=3)

@@ -100,3 +100,22 @@ def test_graphed_rows_are_compared_on_their_own(tmp_path):
     row = got["5w5s T=32 fwd+bwd, both in CUDA graphs: >= 3x faster than torch.compile (reduce-overhead)"]
     assert row["met"] is True and row["measured"] == "3.50x (1 vs 3.5 ms)"
     assert got["5w5s T=32 fwd+bwd: >= 3x faster than torch.compile, >= 10x less memory"]["met"] is None
+
+
+def test_atomic_rows_are_reported_apart_from_the_default(tmp_path):
+    """deterministic=False rows (impl fused_atomic) get their own target row; the default's stays the
+    default's, and both kinds of float64 check count."""
+    def row(impl, ms, mib, margin=None):
+        info = {"impl": impl, "episode": "5w5s", "mode": "fwd_bwd", "T": 64, "time_ms": ms, "peak_mem_mib": mib}
+        if margin is not None:
+            info["rel_err_margin"] = margin
+        return {"name": impl, "params": {}, "extra_info": info}
+
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"benchmarks": [row("fused", 10.0, 150.0, 1.5), row("fused_atomic", 7.5, 200.0, 0.9),
+                                               row("compiled_ref", 24.0, 6000.0)]}))
+    got = _by_target(targets(*load([path])))
+    atomic = got["5w5s T=64 fwd+bwd, deterministic=False (atomics): >= 3x faster than torch.compile"]
+    assert atomic["met"] is True and atomic["measured"] == "3.20x (7.5 vs 24 ms), memory 30.0x lower"
+    assert got["5w5s T=64 fwd+bwd: >= 3x faster than torch.compile"]["measured"].startswith("2.40x")
+    assert got["fused rows vs float64 within their bounds"]["met"] is False  # the atomic row's 0.9
