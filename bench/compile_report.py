@@ -13,7 +13,8 @@ The kernels are compiled through the real launchers (tap_triton.precompile), so 
 specialised as a call with these shapes would specialise them (but for the work split, which
 follows the SM count: 4 here); a stand-in driver tells Triton the target is sm_<arch>.  Needs Triton with its bundled ptxas and nvdisasm (every CUDA build
 of torch brings them); no GPU, no CUDA driver.  Variants are TAP_FAST_TILE_ROWS / TAP_FAST_UV_LOAD
-pairs (see kernels/tap_triton.py).
+pairs (see kernels/tap_triton.py); TAP_FAST_DETERMINISTIC=0 compiles the atomic backward
+(tap_scores(..., deterministic=False)) instead of the default.
 """
 from __future__ import annotations
 
@@ -98,6 +99,13 @@ def variant_name(text: str) -> str:
             f"expected ROWS/UV_LOAD, ROWS a power of two >= {MIN_TILE_ROWS} and UV_LOAD one of "
             f"{', '.join(UV_LOADS)} (e.g. 64/broadcast), got {text!r}")
     return text
+
+
+def backward_kind() -> str:
+    """Which backward the report compiles: TAP_FAST_DETERMINISTIC chooses it, as for tap_scores."""
+    from tap_fast.kernels.tap import resolve_deterministic
+
+    return "deterministic (two passes)" if resolve_deterministic() else "atomic (TAP_FAST_DETERMINISTIC=0, one pass)"
 
 
 def variant_env(variant: str):
@@ -207,7 +215,7 @@ def main(argv=None) -> int:
                     for label, config, kwargs, kernel in compiled if label in args.kernels]
     header = (f"# Fused TAP kernels compiled for sm_{args.arch} without a GPU: Triton {triton.__version__}, {args.dtype}, "
               f"H1-H2-H3 = {PAPER_WIDTHS['H1']}-{PAPER_WIDTHS['H2']}-{PAPER_WIDTHS['H3']}, 5-way 5-shot launch "
-              f"arguments; {_dt.date.today()}, commit {commit}")
+              f"arguments; {_dt.date.today()}, commit {commit}; backward: {backward_kind()}")
     text = to_markdown(reports, header) + "".join(f"\n**Failed to compile:** {f}\n" for f in failures)
     print(text)
     if out:
