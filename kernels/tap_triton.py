@@ -711,9 +711,10 @@ class BackwardPlan(NamedTuple):
         return n_q * n_ib * self.groups_u, n_s * n_jb * self.groups_v
 
 
-def _group_options(n_other: int, fixed) -> list[tuple[int, int]]:
-    """Distinct (groups, members per group) splits of n_other (index, block) pairs, or the one asked for."""
-    wanted = [fixed] if fixed is not None else range(1, min(n_other, MAX_BWD_GROUPS) + 1)
+def _group_options(n_other: int, fixed, most: int = MAX_BWD_GROUPS) -> list[tuple[int, int]]:
+    """Distinct (groups, members per group) splits of n_other (index, block) pairs into at most
+    ``most`` groups, or the one asked for."""
+    wanted = [fixed] if fixed is not None else range(1, min(n_other, most) + 1)
     out = {}
     for g in wanted:
         per = math.ceil(n_other / max(1, min(int(g), n_other)))
@@ -761,11 +762,8 @@ def plan_backward_atomic(n_q: int, n_s: int, n_ib: int, n_jb: int, sms: int, chu
     added with atomics), so they are as fine as balancing the programs asks: the busiest program's
     tiles plus ATOMIC_CHUNK_COST per phase-B chunk, least; among ties the fewest programs (each owns a
     weight slot), then the largest groups.  groups_u/nprog pin those choices (tests)."""
-    n_other = n_s * n_jb
-    wanted = [groups_u] if groups_u is not None else range(1, n_other + 1)
     best = None
-    for g in sorted({math.ceil(n_other / math.ceil(n_other / max(1, min(int(w), n_other)))) for w in wanted}):
-        per = math.ceil(n_other / g)
+    for g, per in _group_options(n_s * n_jb, groups_u, most=n_s * n_jb):
         items = n_q * n_ib * g
         programs = min(items, nprog if nprog is not None else max(sms, 1))
         rounds = math.ceil(items / programs)
@@ -824,28 +822,26 @@ def _backward(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, groups_u=None, gro
     n_q, n_s, tq, ts, h1, h2, h3 = (m[k] for k in ("n_q", "n_s", "tq", "ts", "h1", "h2", "h3"))
     dev = u.device
     slot_sizes, slot_offsets, slot_row = _weight_slot_layout(h1, h2, h3)
-    sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, slot_row * 4)  # fp32 partials and slots
-    if deterministic:
-        plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v,
-                             nprog, sizes)
-    else:
-        plan = plan_backward_atomic(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), chunk, groups_u, nprog)
-    items_u, items_v = plan.items(n_q, n_s, m["n_ib"], m["n_jb"])
-    nprog_u = plan.nprog_u
     # OWN_U programs: dU, dcos and all weight/bias grads of layers 2..4, each program into its own
     # slot row (nprog_u x slot_row in fp32).  OWN_V programs: dV only.
     dcos = _new_dcos(cos)
     if deterministic:
+        sizes = (n_q * tq * h1 * 4, n_s * ts * h1 * 4, slot_row * 4)  # fp32 partials and slots
+        plan = plan_backward(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), _bwd_cost_ratio(), groups_u, groups_v,
+                             nprog, sizes)
         du_part, dv_part, slots = _carved_f32(dev, (plan.groups_u, n_q, tq, h1), (plan.groups_v, n_s, ts, h1),
-                                              (nprog_u, slot_row))
+                                              (plan.nprog_u, slot_row))
     else:  # atomics add to dU and dV from the start: zeroed, in one fill unless they may not alias
-        (slots,) = _carved_f32(dev, (nprog_u, slot_row))
+        plan = plan_backward_atomic(n_q, n_s, m["n_ib"], m["n_jb"], _sm_count(dev), chunk, groups_u, nprog)
+        (slots,) = _carved_f32(dev, (plan.nprog_u, slot_row))
         if aliases_ok:
             du_dv = torch.zeros(n_q * tq * h1 + n_s * ts * h1, dtype=torch.float32, device=dev)
             du_part, dv_part = du_dv[:n_q * tq * h1].view(1, n_q, tq, h1), du_dv[n_q * tq * h1:].view(1, n_s, ts, h1)
         else:
             du_part = torch.zeros(1, n_q, tq, h1, dtype=torch.float32, device=dev)
             dv_part = torch.zeros(1, n_s, ts, h1, dtype=torch.float32, device=dev)
+    items_u, items_v = plan.items(n_q, n_s, m["n_ib"], m["n_jb"])
+    nprog_u = plan.nprog_u
     slot_parts = [slots[:, at:at + size] for at, size in zip(slot_offsets, slot_sizes)]
     programs = nprog_u + plan.nprog_v
     v_regs = _bwd_v_regs()  # OWN_V programs then park one tile (h2) instead of a chunk's dz2
@@ -905,7 +901,7 @@ def _(grad_scores, u, v, cos, w2, b2, w3, b3, w4, b4, deterministic=True):
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:9])
-    ctx.deterministic = inputs[10] if len(inputs) > 10 else True
+    ctx.deterministic = inputs[10]  # the op fills in its defaults
 
 
 @first_order_only("tap_scores", TAP_HINT)

@@ -134,6 +134,20 @@ def test_backward_work_split_is_exact(monkeypatch, groups_u, groups_v, nprog, ch
         assert rel_err(g, w) <= 1e-3
 
 
+def _spy_backward_launches(monkeypatch) -> list:
+    """The backward kernel's launches from here on, each as (grid, args, kwargs); they still run."""
+    seen = []
+    launch = tap_triton._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel is tap_triton._tap_bwd_kernel:
+            seen.append((grid, args, kwargs))
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(tap_triton, "_launch", spy)
+    return seen
+
+
 @pytest.mark.parametrize("groups_u,nprog,chunk", [(1, 1, 1), (2, 2, 2), (3, 5, 3), (4, 2, 64), (None, None, None)])
 def test_atomic_backward_work_split_is_exact(monkeypatch, groups_u, nprog, chunk):
     """The atomic backward (one pass, dU and dV added with atomics into zeroed buffers) over its work
@@ -171,15 +185,7 @@ def test_deterministic_algorithms_keep_the_deterministic_backward(monkeypatch):
     backward (as PyTorch picks its own deterministic kernels then); None reads TAP_FAST_DETERMINISTIC."""
     from tap_fast.kernels.tap import resolve_deterministic
 
-    seen = []
-    launch = tap_triton._launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel is tap_triton._tap_bwd_kernel:
-            seen.append(kwargs["ATOMIC"])
-        return launch(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(tap_triton, "_launch", spy)
+    launches = _spy_backward_launches(monkeypatch)
     x, y, ws, bs = make_tap_inputs(1, 2, 3, 2, 4, (6, 5, 3), device=DEVICE, seed=2, requires_grad=True)
     for asked in (True, False):
         torch.autograd.grad(tap_scores(x, y, ws, bs, backend="triton", deterministic=asked).sum(), [x])
@@ -189,22 +195,21 @@ def test_deterministic_algorithms_keep_the_deterministic_backward(monkeypatch):
         torch.autograd.grad(tap_scores(x, y, ws, bs, backend="triton", deterministic=False).sum(), [x])
     finally:
         torch.use_deterministic_algorithms(previous)
-    assert seen == [False, True, False]
+    assert [kwargs["ATOMIC"] for _, _, kwargs in launches] == [False, True, False]
     assert "ATOMIC" in tap_triton._tap_bwd_kernel.keys
     assert resolve_deterministic() is True
     monkeypatch.setenv("TAP_FAST_DETERMINISTIC", "0")
     assert resolve_deterministic() is False and resolve_deterministic(True) is True
 
 
-@pytest.mark.parametrize("value,error", [("no", ValueError), (0, TypeError)])
-def test_bad_determinism_request_is_named(monkeypatch, value, error):
-    if isinstance(value, str):
-        monkeypatch.setenv("TAP_FAST_DETERMINISTIC", value)
-        kwargs = {}
-    else:
-        kwargs = {"deterministic": value}
+@pytest.mark.parametrize("env,kwargs,error,message", [
+    ("no", {}, ValueError, "TAP_FAST_DETERMINISTIC must be 0 or 1, got 'no'"),
+    (None, {"deterministic": 0}, TypeError, "deterministic must be True, False or None, got 0")])
+def test_bad_determinism_request_is_named(monkeypatch, env, kwargs, error, message):
+    if env is not None:
+        monkeypatch.setenv("TAP_FAST_DETERMINISTIC", env)
     x, y, ws, bs = make_tap_inputs(1, 1, 2, 2, 3, (5, 3, 2), device=DEVICE, seed=0)
-    with pytest.raises(error, match="TAP_FAST_DETERMINISTIC must be 0 or 1|deterministic must be True, False or None"):
+    with pytest.raises(error, match=message):
         tap_scores(x, y, ws, bs, backend="triton", **kwargs)
 
 
@@ -298,21 +303,15 @@ def test_backward_v_in_registers_shrinks_the_scratch(monkeypatch, bwd_v):
     """With TAP_FAST_BWD_V=regs the OWN_V programs park one tile (h2), not a chunk's dz2; the knob is a
     constexpr of the kernel and part of its autotune key, so both variants coexist in one process."""
     monkeypatch.setenv("TAP_FAST_BWD_V", bwd_v)
-    seen = {}
-    launch = tap_triton._launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel is tap_triton._tap_bwd_kernel:
-            seen.update(scratch=args[19].numel(), programs=grid[0], v_regs=kwargs["V_REGS"])
-        return launch(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(tap_triton, "_launch", spy)
+    launches = _spy_backward_launches(monkeypatch)
     q, s, tq, ts, h2 = 2, 3, 5, 7, 10
     u, v, layers = _pair_operands(q, s, tq, ts, 12, h2, 4)
     cos = torch.randn(q, s, tq, ts, device=DEVICE)
     tap_triton._backward(torch.randn(q, s, device=DEVICE), u, v, cos, *layers, nprog=2, chunk=3)
     bi, bj = tap_triton._tile_shape(tq, ts, "bwd")
     tiles = 2 * 3 + 2 * (1 if bwd_v == "regs" else 3)  # OWN_U programs x chunk + OWN_V programs x (1 or chunk)
+    (grid, args, kwargs), = launches
+    seen = dict(scratch=args[19].numel(), programs=grid[0], v_regs=kwargs["V_REGS"])
     assert seen == dict(scratch=tiles * bi * bj * 16, programs=4, v_regs=bwd_v == "regs")
     assert "V_REGS" in tap_triton._tap_bwd_kernel.keys
 
