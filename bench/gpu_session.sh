@@ -49,7 +49,8 @@ BENCH="python3 -m pytest -q -p no:cacheprovider --benchmark-only"
 # are CI's.
 stage tests 150 env TAP_FAST_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
   --junitxml="$WORK/tests_cuda.xml" tests/test_soft_dtw_cuda.py tests/test_tap_triton.py \
-  tests/test_tap_prelude.py
+  tests/test_tap_prelude.py \
+  tests/test_tap_kernels.py::test_torch_path_gradients_are_bitwise_reproducible_on_cuda
 # pytest-benchmark writes its JSON at the end of a session: several short sessions, so a cap loses
 # one of them only (Triton's disk cache keeps the compiled kernels from one session to the next).
 wait_for $PRECOMPILE 90

@@ -38,7 +38,7 @@ if _C is not None:
 
     @torch.library.register_fake("tap_fast::soft_dtw_backward")
     def _backward_fake(grad, cost, R, gamma, variant):
-        return torch.empty_like(cost)
+        return cost.new_empty(cost.shape)  # contiguous, as the kernels allocate it, whatever cost's strides
 
     def _setup_context(ctx, inputs, output):
         cost, gamma, variant = inputs
@@ -83,6 +83,10 @@ def _check(cost, gamma, variant):
         raise TypeError(f"soft_dtw: gamma must be a real number, got {type(gamma).__name__}")
     if not (math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"soft_dtw: gamma must be finite and > 0, got {gamma}")
+    info = torch.finfo(cost.dtype)
+    if not info.tiny <= gamma <= info.max:  # the kernels compute in cost's dtype, 1 / gamma too
+        raise ValueError(f"soft_dtw: gamma {gamma} is out of range for {cost.dtype} cost "
+                         f"({info.tiny:.3g} to {info.max:.3g}, so that gamma and 1 / gamma are finite)")
     if variant not in _VARIANTS:
         raise ValueError(f"soft_dtw: variant must be one of {_VARIANTS}, got {variant!r}")
     # The CPU kernel checks finiteness while it loads the costs (same ValueError). Other

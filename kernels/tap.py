@@ -84,11 +84,17 @@ def _autocast_on(device_type: str) -> bool:
 
 
 def _common_dtype(x, y, weights, biases):
-    """Under autocast run everything in the autocast dtype (the fused op takes one dtype)."""
+    """Under autocast run everything in the autocast dtype (the fused op takes one dtype).  As autocast
+    does, only floating-point tensors narrower than float64 are cast: integer inputs then fail
+    validation as they would without autocast, and float64 stays float64."""
     dev = x.device.type
     if _autocast_on(dev):
         dt = torch.get_autocast_dtype(dev)
-        return x.to(dt), y.to(dt), [w.to(dt) for w in weights], [b.to(dt) for b in biases], True
+
+        def cast(t):
+            return t.to(dt) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+        return cast(x), cast(y), [cast(w) for w in weights], [cast(b) for b in biases], True
     return x, y, list(weights), list(biases), False
 
 
@@ -139,11 +145,12 @@ def tap_scores(
     """
     deterministic = resolve_deterministic(deterministic)
     x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases, budget_bytes)
+    backend = resolve_backend(x, widths, backend)  # named errors first, whatever the depth
     with precision:
         u, v, cos = prelude(x, y, weights, biases)
         if len(weights) == 1:  # no hidden layer: the first layer is the logit, nothing to fuse
             return (_single_layer_p(u, v) * cos).sum(dim=(-2, -1)).to(x.dtype)
-        if resolve_backend(x, widths, backend) == "triton":
+        if backend == "triton":
             from .tap_triton import tap_pairs_triton
 
             return tap_pairs_triton(u, v, cos, weights[1:], biases[1:], deterministic)
@@ -165,12 +172,13 @@ def tap_alignment(
     hidden activations).  Use tap_alignment_reference for a differentiable P on small inputs.
     """
     x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases, budget_bytes)
+    backend = resolve_backend(x, widths, backend)
     with precision:
         u, v, cos = prelude(x, y, weights, biases)
         with torch.no_grad():
             if len(weights) == 1:
                 return _single_layer_p(u, v).to(x.dtype), cos
-            if resolve_backend(x, widths, backend) == "triton":
+            if backend == "triton":
                 from .tap_triton import tap_p_triton
 
                 return tap_p_triton(u.detach(), v.detach(), cos.detach(), weights[1:], biases[1:]), cos

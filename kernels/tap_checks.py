@@ -99,6 +99,8 @@ def validate_tap_inputs(
             raise ValueError(
                 f"weights[{k}] has {w.shape[1]} input features but layer {k - 1} outputs {widths[-1]}"
             )
+        if w.shape[0] == 0:
+            raise ValueError(f"weights[{k}] has 0 output features (shape {tuple(w.shape)}); every layer needs at least one")
         if b.shape != (w.shape[0],):
             raise ValueError(f"biases[{k}] must have shape ({w.shape[0]},), got {tuple(b.shape)}")
         widths.append(w.shape[0])

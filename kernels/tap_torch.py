@@ -123,10 +123,50 @@ def _pairs_bwd(grad_scores: torch.Tensor, u: torch.Tensor, v: torch.Tensor, cos:
             dbs[k] += dz.sum(dim=(0, 1)).to(acc)
             dh = dz @ weights[k]
             dz = dh * (acts[2 * k] > 0)
-        du.index_add_(0, uidx, dz.sum(1).to(acc))
-        dv.index_add_(0, sidx, dz.to(acc))
+        if _reduce_by_boxes(u.device):
+            _add_rows_by_boxes(du.view(n_q, tq, h1), dv, r0, dz.to(acc), n_s)
+        else:  # index_add_ on the CPU adds rows in their order: deterministic
+            du.index_add_(0, uidx, dz.sum(1).to(acc))
+            dv.index_add_(0, sidx, dz.to(acc))
     grads = [du.reshape(u.shape).to(u.dtype), dv.to(v.dtype), dcos.reshape(cos.shape).to(cos.dtype)]
     return grads + [d.to(w.dtype) for d, w in zip(dws, weights)] + [d.to(b.dtype) for d, b in zip(dbs, biases)]
+
+
+def _row_boxes(r0: int, r1: int, n_s: int, tq: int):
+    """The rows [r0, r1) of the (q, s, i) grid as at most five boxes, each contiguous in row order:
+    (offset from r0, q range, s range, i range)."""
+    r = r0
+    while r < r1:
+        q, rest = divmod(r, n_s * tq)
+        s, i = divmod(rest, tq)
+        if i or r1 - r < tq:  # part of one (q, s) pair's rows
+            n = min(tq - i, r1 - r)
+            box = ((q, q + 1), (s, s + 1), (i, i + n))
+        elif s or r1 - r < n_s * tq:  # whole pairs of one query
+            n_pairs = min(n_s - s, (r1 - r) // tq)
+            n, box = n_pairs * tq, ((q, q + 1), (s, s + n_pairs), (0, tq))
+        else:  # whole queries
+            n_queries = (r1 - r) // (n_s * tq)
+            n, box = n_queries * n_s * tq, ((q, q + n_queries), (0, n_s), (0, tq))
+        yield r - r0, *box
+        r += n
+
+
+def _add_rows_by_boxes(du, dv, r0, dz, n_s):
+    """du [Q, Tq, H1] += dz summed over supports and support frames, dv [S, Ts, H1] += dz summed over
+    queries and query frames, for dz [R, Ts, H1] holding rows r0.. of the (q, s, i) grid, box by box
+    with plain reductions: a fixed order, unlike index_add_ on CUDA (atomics)."""
+    _, tq, _ = du.shape
+    for at, (q0, q1), (s0, s1), (i0, i1) in _row_boxes(r0, r0 + dz.shape[0], n_s, tq):
+        box = dz[at:at + (q1 - q0) * (s1 - s0) * (i1 - i0)].view(q1 - q0, s1 - s0, i1 - i0, *dz.shape[1:])
+        du[q0:q1, i0:i1] += box.sum((1, 3))
+        dv[s0:s1] += box.sum((0, 2))
+
+
+def _reduce_by_boxes(device: torch.device) -> bool:
+    """Whether the backward sums dU and dV box by box: everywhere but the CPU, whose index_add_ is
+    deterministic (and whose training runs keep their bits)."""
+    return device.type != "cpu"
 
 
 @_pairs_bwd.register_fake

@@ -60,6 +60,11 @@ def test_the_scripts_name_files_that_exist():
     assert len(named) > 10, named  # the pattern still finds the stages' files
     missing = sorted(path for path in named if not (REPO / path).is_file())
     assert not missing, f"the session scripts name files that do not exist: {missing}"
+    tests = {(path, name) for script in SCRIPTS
+             for path, name in re.findall(r"\b(tests/\w+\.py)::(\w+)", _script_text(script))}
+    undefined = sorted(f"{path}::{name}" for path, name in tests
+                       if not re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M))
+    assert not undefined, f"the session scripts name tests that do not exist: {undefined}"
 
 
 def test_every_k_selection_selects_benchmarks():

@@ -205,6 +205,9 @@ def test_meta_tensors_give_shapes():
         (torch.rand(2, 3, 3).half(), 0.1, "standard", TypeError, "float32 or float64"),
         (torch.ones(2, 3, 3, dtype=torch.int64), 0.1, "standard", TypeError, "float32"),
         ([[[0.1]]], 0.1, "standard", TypeError, "torch.Tensor"),
+        (torch.rand(2, 3, 3), 1e-39, "standard", ValueError, "out of range for torch.float32"),
+        (torch.rand(2, 3, 3), 1e39, "otam", ValueError, "out of range for torch.float32"),
+        (torch.rand(2, 3, 3, dtype=torch.float64), 1e-320, "standard", ValueError, "out of range for torch.float64"),
     ],
 )
 def test_bad_input(cost, gamma, variant, error, match):
@@ -221,6 +224,16 @@ def test_ops_are_registered_and_compile():
     compiled = torch.compile(lambda c: soft_dtw(c, 0.1, "otam"), backend="aot_eager",
                              fullgraph=True)
     torch.testing.assert_close(compiled(cost), soft_dtw(cost, 0.1, "otam"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_backward_op_of_a_transposed_cost(variant):
+    """Both directions of an alignment pass a transposed cost: the backward's fake kernel must give
+    the strides the real one returns (contiguous), or inductor's stride assertion fails."""
+    cost = torch.rand(3, 4, 5, dtype=torch.float64).transpose(1, 2)
+    _, R = torch.ops.tap_fast.soft_dtw_forward(cost, 0.1, variant)
+    torch.library.opcheck(torch.ops.tap_fast.soft_dtw_backward.default, (torch.rand(3, dtype=torch.float64), cost, R,
+                                                                         0.1, variant))
 
 
 # --- CUDA kernel code, checked on the host -------------------------------------------

@@ -7,6 +7,7 @@ import torch
 from tap_fast.kernels import tap_alignment, tap_scores
 from tap_fast.kernels.tap_reference import tap_alignment_reference, tap_scores_reference
 from tap_fast.kernels.tap_testing import PAPER_HIDDEN, lowp_tolerance, make_tap_inputs, rel_err
+from tap_fast.kernels import tap_torch
 from tap_fast.kernels.tap_torch import DEFAULT_BUDGET_BYTES, chunk_activation_bytes, plan_chunk_rows
 
 
@@ -61,6 +62,45 @@ def test_torch_path_forward_and_grads_match_reference(shape, budget):
     assert rel_err(got, want) < 1e-12
     for g, w in zip(_grads(got, flat, 3), _grads(want, flat, 3)):
         assert rel_err(g, w) < 1e-10
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:4])
+@pytest.mark.parametrize("budget", [1, 3000, 20000])  # chunks that start and end inside pairs and queries
+def test_torch_path_box_reduction_matches_reference(shape, budget, monkeypatch):
+    """Off the CPU the torch path sums dU and dV box by box instead of index_add_ (atomics on CUDA):
+    the same gradients, checked here on the CPU by forcing that path."""
+    monkeypatch.setattr(tap_torch, "_reduce_by_boxes", lambda device: True)
+    q, s, tq, ts, d, hidden = shape
+    x, y, ws, bs = make_tap_inputs(q, s, tq, ts, d, hidden, dtype=torch.float64, seed=5, requires_grad=True)
+    flat = [x, y, *ws, *bs]
+    got = tap_scores(x, y, ws, bs, backend="torch", budget_bytes=budget)
+    want = tap_scores_reference(x, y, ws, bs)
+    for g, w in zip(_grads(got, flat, 4), _grads(want, flat, 4)):
+        assert rel_err(g, w) < 1e-10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (index_add_ there adds with atomics)")
+def test_torch_path_gradients_are_bitwise_reproducible_on_cuda():
+    # A depth the fused kernels do not take, and chunks of many rows sharing each U and V row.
+    x, y, ws, bs = make_tap_inputs(3, 7, 9, 11, 32, (64, 32), seed=8, requires_grad=True)
+    flat = [t.cuda().detach().requires_grad_() for t in (x, y, *ws, *bs)]
+    runs = [_grads(tap_scores(flat[0], flat[1], flat[2:5], flat[5:], backend="torch"), flat, 6) for _ in range(3)]
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
+
+
+@pytest.mark.parametrize("n_s,tq", [(1, 1), (3, 4), (2, 5)])
+def test_row_boxes_cover_each_row_once_in_order(n_s, tq):
+    n_rows = 3 * n_s * tq
+    for r0 in range(n_rows):
+        for r1 in range(r0 + 1, n_rows + 1):
+            rows = []
+            for at, (q0, q1), (s0, s1), (i0, i1) in tap_torch._row_boxes(r0, r1, n_s, tq):
+                box = [(q * n_s + s) * tq + i for q in range(q0, q1) for s in range(s0, s1) for i in range(i0, i1)]
+                assert box == list(range(r0 + at, r0 + at + len(box)))  # contiguous: a view of the chunk
+                rows += box
+            assert rows == list(range(r0, r1))
+            assert len(list(tap_torch._row_boxes(r0, r1, n_s, tq))) <= 5
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)])
@@ -188,6 +228,8 @@ def _bad_cases():
         "last width": ((x, y, ws[:-1], bs[:-1]), ValueError, "1 value"),
         "device": ((x, y.to("meta"), ws, bs), ValueError, "same device"),
         "empty x": ((x[:, :0], y, ws, bs), ValueError, "empty"),
+        "zero-width layer": ((x, y, [ws[0][:0], ws[1][:, :0], ws[2], ws[3]], [bs[0][:0], *bs[1:]]), ValueError,
+                             r"weights\[0\] has 0 output features"),
     }
 
 
@@ -257,6 +299,28 @@ def test_float64_stays_off_the_fused_kernels(monkeypatch):
                    backend="triton")
 
 
-def test_unknown_backend_rejected():
-    with pytest.raises(ValueError, match="backend"):
-        tap_scores(*_good(), backend="cuda")
+@pytest.mark.parametrize("hidden", [(8, 4, 2), ()])  # () : the shortcut without a hidden layer
+@pytest.mark.parametrize("fn", [tap_scores, tap_alignment])
+def test_unknown_backend_rejected(hidden, fn, monkeypatch):
+    inputs = make_tap_inputs(2, 3, 4, 5, 6, hidden, seed=0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fn(*inputs, backend="cuda")
+    monkeypatch.setenv("TAP_FAST_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fn(*inputs)
+
+
+@pytest.mark.parametrize("cast", ["long", "bool"])
+def test_autocast_does_not_cast_integer_inputs(cast):
+    """Autocast casts floating-point tensors only: integer inputs are refused as without it."""
+    x, y, ws, bs = _good()
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="floating-point"):
+        tap_scores(getattr(x, cast)(), getattr(y, cast)(), ws, bs)
+
+
+def test_autocast_leaves_float64_in_float64():
+    x, y, ws, bs = make_tap_inputs(2, 3, 4, 5, 6, (8, 4, 2), dtype=torch.float64, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tap_scores(x, y, ws, bs)
+    assert got.dtype == torch.float64
+    assert rel_err(got, tap_scores_reference(x, y, ws, bs)) < 1e-12
