@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from tap_fast.atomic_write import write_text_atomic
 from tap_fast.data.decode import PyAVDecoder
-from tap_fast.data.formats import (BadVideoError, frame_files, is_video_file, probe_frame_folder, probe_video,
-                                   visible_entries)
+from tap_fast.data.formats import (BadVideoError, entry_kind, frame_files, is_video_file, probe_frame_folder,
+                                   probe_video, visible_entries)
 from tap_fast.data.frame_folder_decode import FrameFolderDecoder
 from tap_fast.data.index import VideoRecord
 from tap_fast.data.sampling import tsn_frame_indices
@@ -63,17 +63,20 @@ def support_records(root, min_frames: int, progress: bool = False) -> list[Video
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--support {root} is not a directory (expected <class>/<video> inside)")
-    examples, empty = [], []
+    examples, empty, records, problems = [], [], [], []
     for class_dir in (p for p in visible_entries(root) if p.is_dir()):
-        videos = videos_in(class_dir)
+        try:
+            videos = videos_in(class_dir)
+        except OSError as e:  # reported with the unusable videos, by path
+            problems.append((str(class_dir), f"unreadable class folder ({e.strerror or e})"))
+            continue
         empty += [] if videos else [class_dir.name]
         examples += [(class_dir.name, path) for path in videos]
     if empty:  # a class left out silently would still be "predicted" among the others
         raise ValueError(f"--support {root}: no video files or frame folders in class folder(s) {', '.join(empty)}")
-    if not examples:
+    if not examples and not problems:
         raise ValueError(f"--support {root} holds no class folders: expected {root}/<class>/<video>.mp4 "
                          f"or {root}/<class>/<video>/<frame>.jpg")
-    records, problems = [], []
     for class_name, path in tqdm(examples, desc="support", unit="video", leave=False, dynamic_ncols=True,
                                  disable=not progress or len(examples) < 50):
         frames, problem = _probe(path, min_frames)
@@ -99,7 +102,10 @@ def query_records(paths, min_frames: int) -> list[VideoRecord]:
         path = Path(text).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"--query {path}: no such file or folder")
-        inside = [] if path.is_file() else videos_in(path)
+        try:
+            inside = [] if path.is_file() else videos_in(path)
+        except OSError as e:
+            raise ValueError(f"--query {path}: unreadable folder ({e.strerror or e})") from e
         if path.is_file():
             if not is_video_file(path.name):
                 raise ValueError(f"--query {path}: not a video file (extensions: mp4, webm, avi, mkv, ...)")
@@ -124,9 +130,20 @@ def query_records(paths, min_frames: int) -> list[VideoRecord]:
 
 
 def videos_in(folder: Path) -> list[Path]:
-    """The video files and frame folders directly inside folder, by name."""
-    return [p for p in visible_entries(folder)
-            if (p.is_file() and is_video_file(p.name)) or (p.is_dir() and frame_files(p))]
+    """The video files and frame folders directly inside folder, by name. Broken symbolic links
+    (as the dataset index reads them: formats.entry_kind) and subfolders that cannot be listed are
+    kept, for the probe to report them: dropped, they would go missing silently."""
+    return [p for p in visible_entries(folder) if _is_video_entry(p)]
+
+
+def _is_video_entry(p: Path) -> bool:
+    kind = entry_kind(p)
+    if kind != "folder" or not p.exists():
+        return kind is not None
+    try:
+        return bool(frame_files(p))
+    except OSError:
+        return True
 
 
 def _probe(path: Path, min_frames: int) -> tuple[int, str | None]:

@@ -119,3 +119,21 @@ def test_a_decode_error_from_a_dataloader_worker_is_recognised():
     found = as_decode_error(info.value)
     assert (found.path, found.reason) == ("/data/a b/v.mp4", "bad packet: 7")
     assert as_decode_error(RuntimeError("something else")) is None
+
+
+def test_a_frame_index_error_is_a_decode_error_in_the_process_and_from_a_worker():
+    """A video shorter than its index entry: the named one-line error path catches VideoDecodeError."""
+    from torch._utils import ExceptionWrapper
+
+    error = FrameIndexError("/data/a b/v.mp4", 12, 10)
+    assert isinstance(error, IndexError) and as_decode_error(error) is error
+    assert str(error) == ("cannot decode video /data/a b/v.mp4: frame index 12 is out of range for this video, "
+                          "which has 10 frames")
+    try:
+        raise error
+    except FrameIndexError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(Exception) as info:
+        wrapped.reraise()
+    found = as_decode_error(info.value)
+    assert (found.path, found.reason) == (error.path, error.reason)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,7 @@ def test_detect_format(video_root, frame_root, tmp_path):
     ("air drumming/-VtLx-mcPds_000012 250 3", ("air drumming", "-VtLx-mcPds_000012")),
     ("air drumming/-VtLx-mcPds_000012 3", ("air drumming", "-VtLx-mcPds_000012")),
     ("air drumming\\clip_1.mp4", ("air drumming", "clip_1.mp4")),
+    ("class_0/", ("class_0", None)),  # a class name with a trailing slash
 ])
 def test_parse_split_line(line, expected):
     assert parse_split_line(line) == expected
@@ -160,6 +163,37 @@ def test_index_cache_is_reused_and_refreshed(tmp_path, monkeypatch):
     os.utime(root / "class_0" / "vid0.webm", ns=(1, 1))
     again = build_dataset_index(root).index
     assert again.videos("class_0")[0].num_frames == 6
+
+
+def test_a_cached_problem_is_probed_again(tmp_path):
+    """A file made readable again (chmod) keeps its size and mtime: its cached problem must not stick."""
+    root = make_root(tmp_path / "d", "video", classes=3, videos=1)
+    build_dataset_index(root)
+    cache_file = root / formats.CACHE_NAME
+    cache = json.loads(cache_file.read_text())
+    cache["entries"]["class_0/vid0.webm"].update(frames=0, codec=None, problem="unreadable (PermissionError)")
+    cache_file.write_text(json.dumps(cache))  # as a probe of the file while it was chmod 000 left it
+    assert build_dataset_index(root).index.videos("class_0")[0].num_frames == FRAMES
+    assert json.loads(cache_file.read_text())["entries"]["class_0/vid0.webm"]["problem"] is None
+
+
+@pytest.mark.parametrize("damage", ["entries list", "entries null", "entry a string", "entry without problem"])
+def test_a_wrong_shaped_cache_is_a_rescan(tmp_path, damage):
+    root = make_root(tmp_path / "d", "frames", classes=3, videos=1, frames=2)
+    first = build_dataset_index(root).index
+    cache_file = root / formats.CACHE_NAME
+    cache = json.loads(cache_file.read_text())
+    if damage == "entries list":
+        cache["entries"] = list(cache["entries"].values())
+    elif damage == "entries null":
+        cache["entries"] = None
+    elif damage == "entry a string":
+        cache["entries"]["class_0/vid0"] = "x"
+    else:
+        del cache["entries"]["class_0/vid0"]["problem"]
+    cache_file.write_text(json.dumps(cache))
+    assert build_dataset_index(root).index == first
+    assert formats._load_cache(cache_file, "frame-folders").keys() == {"class_0/vid0", "class_1/vid0", "class_2/vid0"}
 
 
 def test_read_only_root_caches_in_cache_dir(tmp_path, monkeypatch):
@@ -300,6 +334,69 @@ def test_probe_video_turns_odd_pyav_state_into_a_problem(tmp_path, monkeypatch, 
     monkeypatch.setattr(av, "open", lambda *a, **k: _FakeContainer(stream))
     frames, codec, problem = formats.probe_video(video)
     assert frames == 0 and problem.startswith(reason)
+
+
+def _trim_start(src: Path, dst: Path, frames: int) -> Path:
+    """src remuxed with its first frames' timestamps negative, as `ffmpeg -ss ... -c copy` cuts: the
+    mp4 gets an edit list, and FFmpeg demuxes those frames (marked discard) but never outputs them."""
+    import av
+
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        stream = source.streams.video[0]
+        target = out.add_stream_from_template(stream)
+        shift = int(frames / (stream.average_rate * stream.time_base))
+        for packet in source.demux(stream):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, target
+                out.mux(packet)
+    return dst
+
+
+def test_probe_counts_only_the_frames_the_decoder_outputs(tmp_path):
+    cut = _trim_start(write_h264(tmp_path / "whole.mp4", frames=16), tmp_path / "cut.mp4", frames=4)
+    frames, _, problem = formats.probe_video(cut)
+    assert (frames, problem) == (len(decode_video(cut)), None) == (12, None)
+
+
+def write_webm_with_pts(path: Path, pts_ms: list[int], audio_seconds: float = 0.0) -> Path:
+    """A 32x32 VP9 .webm whose frames start at pts_ms (uneven gaps: variable frame rate), with
+    audio_seconds of silent Opus audio beside it."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx-vp9", rate=30)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        audio = container.add_stream("libopus", rate=48000) if audio_seconds else None
+        for t, pts in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * t, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        samples, n = 0, 960
+        while audio and samples < audio_seconds * 48000:
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, n), np.float32), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, samples
+            samples += n
+            container.mux(audio.encode(frame))
+        if audio:
+            container.mux(audio.encode())
+    return path
+
+
+def test_truncation_is_judged_on_the_video_streams_own_duration(tmp_path):
+    """A webm declares no frame count: its audio outlasting the video, or a variable frame rate, made
+    the old estimate (container duration x frame rate) call whole files truncated."""
+    with_audio = write_webm_with_pts(tmp_path / "audio.webm", [125 * t for t in range(16)], audio_seconds=3.0)
+    vfr = write_webm_with_pts(tmp_path / "vfr.webm", [33 * t for t in range(20)] + [660 + 200 * t for t in range(10)])
+    assert formats.probe_video(with_audio) == (16, "vp9", None)
+    assert formats.probe_video(vfr) == (30, "vp9", None)
+    data = with_audio.read_bytes()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[: len(data) // 2])  # still found: the video track's DURATION tag is in the header
+    problem = formats.probe_video(cut)[2]
+    assert re.fullmatch(r"truncated \(header declares 1\.9\d s of video, 0\.\d+ s present\)", problem)
 
 
 def test_every_frame_of_a_frame_folder_is_checked(tmp_path):
@@ -452,6 +549,22 @@ def test_train_cli_names_bad_videos(tmp_path, capsys):
     assert "junk.webm: unreadable" in capsys.readouterr().err
 
 
+def test_a_video_shorter_than_its_index_entry_stops_training_with_a_named_error(tmp_path, capsys):
+    """The index counts packets; a video that decodes to fewer frames (corrupt packets) raises
+    FrameIndexError mid-run: the one-line error naming the video, not a traceback."""
+    root = make_root(tmp_path / "d", "video")
+    build_dataset_index(root, split_dir=write_splits(root, "video"))
+    cache_file = root / formats.CACHE_NAME
+    cache = json.loads(cache_file.read_text())
+    for entry in cache["entries"].values():
+        entry["frames"] = 4 * FRAMES  # every clip samples past the frames it has
+    cache_file.write_text(json.dumps(cache))
+    assert _train(root, tmp_path / "run") == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert re.match(rf"error: cannot decode video {root}/class_\d/vid\d\.webm: frame index \d+ is out of range for "
+                    rf"this video, which has {FRAMES} frames; replace or remove the video", err)
+
+
 # ---- decoder choice --------------------------------------------------------------------------------
 def test_choose_decoder(video_root, frame_root, monkeypatch):
     from tap_fast.data import select_decoder as sd
@@ -595,6 +708,67 @@ def test_broken_symlink_is_reported_by_name(tmp_path):
     assert formats.probe_video(root / "class_1" / "gone.webm")[2] == "missing (no such file)"
 
 
+def test_broken_symlink_to_a_frame_folder_is_reported_by_name(tmp_path):
+    root = make_root(tmp_path / "d", "frames", classes=3, videos=2, frames=2)
+    link = root / "class_1" / "moved"
+    link.symlink_to(tmp_path / "elsewhere" / "moved")
+    with pytest.raises(BadVideoError) as err:
+        build_dataset_index(root)
+    assert err.value.problems == [(str(link), f"broken symbolic link (its target {tmp_path}/elsewhere/moved "
+                                              "does not exist)")]
+
+
+def _unlistable(monkeypatch, *folders: Path) -> None:
+    """os.listdir fails on folders as it does on a chmod 000 folder (a test run as root reads those)."""
+    listdir, denied = os.listdir, {str(f) for f in folders}
+
+    def fake(path="."):
+        if str(path) in denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", fake)
+
+
+def test_unreadable_class_and_frame_folders_are_reported_by_name(tmp_path, monkeypatch):
+    root = make_root(tmp_path / "d", "frames", classes=4, videos=2, frames=2)
+    _unlistable(monkeypatch, root / "class_0", root / "class_1" / "vid1")
+    with pytest.raises(BadVideoError) as err:
+        build_dataset_index(root)
+    assert sorted(err.value.problems) == [(str(root / "class_0"), "unreadable class folder (Permission denied)"),
+                                          (str(root / "class_1" / "vid1"), "unreadable folder (Permission denied)")]
+    index = build_dataset_index(root, policy="skip").index
+    assert len(index) == 5 and "class_0" not in index.classes()
+
+
+def test_a_mixed_layout_is_read_as_most_entries_are_and_the_rest_is_counted(tmp_path, capsys):
+    """A frame folder sorting first no longer makes a video dataset a frame-folder one; what one
+    layout leaves out is warned about, with what reads it."""
+    from PIL import Image
+
+    root = make_root(tmp_path / "v", "video", classes=3, videos=2)
+    for folder in (root / "class_0" / "a_frames", root / "class_2" / "b_frames"):
+        folder.mkdir()
+        Image.fromarray(clip(0, 0)[0]).save(folder / "img_00001.jpg")
+    (root / "class_1" / "sub").mkdir()
+    shutil.copy(root / "class_1" / "vid0.webm", root / "class_1" / "sub" / "nested.webm")
+    assert detect_format(root) == "video-folders"
+    report = build_dataset_index(root)
+    assert len(report.index) == 6
+    assert report.warnings == [
+        f"tap_fast.data: warning: 2 frame folder(s) left out (e.g. {root}/class_0/a_frames): the index reads one "
+        f"layout, video-folders here; --dataset-format frame-folders reads them instead of the video files",
+        f"tap_fast.data: warning: 1 subfolder(s) holding video files left out (e.g. {root}/class_1/sub): the index "
+        f"reads one layout, video-folders here; videos are read one level deep, <class>/<video>.<ext>: move them up"]
+    assert capsys.readouterr().err.splitlines()[:2] == report.warnings
+
+    frames = make_root(tmp_path / "f", "frames", classes=3, videos=2, frames=2)
+    shutil.copy(root / "class_1" / "vid0.webm", frames / "class_2" / "stray.webm")
+    assert build_dataset_index(frames).warnings == [
+        f"tap_fast.data: warning: 1 video file(s) left out (e.g. {frames}/class_2/stray.webm): the index reads one "
+        f"layout, frame-folders here; --dataset-format video-folders reads them instead of the frame folders"]
+
+
 def test_split_list_with_a_byte_order_mark(tmp_path):
     (tmp_path / "train.txt").write_bytes("\ufeffc1/vid0\nc1/vid1\n".encode("utf-8"))
     (tmp_path / "val.txt").write_bytes("\ufeffc2\n".encode("utf-8"))
@@ -629,3 +803,25 @@ def test_split_entry_matching_two_videos_is_reported(tmp_path):
                                  "list the full name or remove one")]
     # full names are exact matches, whatever else shares the stem
     assert [it.rel for it in items if it.split == "train"] == ["a/v1.mp4", "a/v1.webm"]
+
+
+def test_a_non_utf8_split_list_is_named(tmp_path):
+    (tmp_path / "train.txt").write_bytes("café\n".encode("latin-1"))
+    (tmp_path / "val.txt").write_text("v\n")
+    (tmp_path / "test.txt").write_text("t\n")
+    with pytest.raises(SplitListError, match=rf"{tmp_path / 'train.txt'}: not UTF-8 text .*save the list as UTF-8"):
+        read_split_lists(tmp_path)
+
+
+def test_lines_that_look_like_annotations_are_read_whole_when_that_names_something(tmp_path):
+    """`a/video name 2` (a file "video name 2.webm") and a class `Set 1` end in a number, as
+    annotation lines do; read as annotations they name nothing on disk."""
+    (tmp_path / "train.txt").write_text("a/video name 2\na/v0 10 0\n")
+    (tmp_path / "val.txt").write_text("Set 1\n")
+    (tmp_path / "test.txt").write_text("t\n")
+    on_disk = [Item("a/video name 2.webm", "a"), Item("a/v0.webm", "a"), Item("Set 1/x.webm", "Set 1"),
+               Item("t/y.webm", "t")]
+    items, problems = assign_splits(on_disk, tmp_path)
+    assert problems == []
+    assert sorted((it.rel, it.split) for it in items) == [
+        ("Set 1/x.webm", "val"), ("a/v0.webm", "train"), ("a/video name 2.webm", "train"), ("t/y.webm", "test")]

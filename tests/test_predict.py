@@ -177,6 +177,44 @@ def test_support_classes_may_mix_layouts_and_none_is_dropped(setup, tmp_path):
         support_records(mixed / "empty_class", config.frames)
 
 
+def test_support_broken_links_and_unreadable_folders_are_named(setup, tmp_path, monkeypatch):
+    """Left out, they would go missing silently; the dataset index reports them too."""
+    import os
+
+    from tap_fast.data.formats import BadVideoError
+
+    config, _, _, support, _ = setup
+    root = tmp_path / "support"
+    shutil.copytree(support, root)
+    link = root / "cross_left_to_right" / "moved.webm"
+    link.symlink_to(tmp_path / "elsewhere.webm")
+    listdir, denied = os.listdir, str(root / "cross_right_to_left")
+
+    def unlistable(path="."):  # as a chmod 000 folder (a test run as root reads those)
+        if str(path) == denied:
+            raise PermissionError(13, "Permission denied", denied)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", unlistable)
+    with pytest.raises(BadVideoError) as err:
+        support_records(root, config.frames)
+    assert err.value.problems == [
+        (denied, "unreadable class folder (Permission denied)"),
+        (str(link), f"broken symbolic link (its target {tmp_path}/elsewhere.webm does not exist)")]
+
+
+def test_a_video_decoding_to_fewer_frames_than_probed_is_a_one_line_error(setup, capsys):
+    from tap_fast.data.index import VideoRecord
+    from tap_fast.evaluate import run_reporting_errors
+
+    config, _, _, _, queries = setup
+    path = queries["cross_right_to_left"][0].path
+    clips = EvalClips(config)
+    result, code = run_reporting_errors(lambda: clips.eval_clip(VideoRecord(path, "q", "test", 1000)))
+    assert (result, code) == (None, 1)
+    assert capsys.readouterr().err.startswith(f"error: cannot decode video {path}: frame index ")
+
+
 def test_query_folder_of_videos_beside_images(setup, tmp_path):
     """A folder holding videos is a folder of queries, even with a cover image or thumbnails beside
     them; only a folder of images alone is one frame-folder video."""

@@ -6,8 +6,8 @@ raises the errors defined here:
 * FileNotFoundError naming the path when the file does not exist,
 * VideoDecodeError(path, reason) when it cannot be read (corrupt, truncated to nothing, no
   video stream),
-* FrameIndexError when an index is outside the decoded frames (e.g. a truncated file that is
-  shorter than its index entry says).
+* FrameIndexError (a VideoDecodeError and an IndexError) when an index is outside the decoded
+  frames (e.g. a truncated file that is shorter than its index entry says).
 
 The clips here are short (tens of frames), so the CPU backend decodes whole files: VP9 seeking
 only lands on key frames anyway, and CachedDecoder keeps decoded videos in memory (decoding a
@@ -38,21 +38,24 @@ class VideoDecodeError(RuntimeError):
 
 def as_decode_error(error: BaseException) -> VideoDecodeError | None:
     """The VideoDecodeError behind error, if any. A DataLoader worker's one arrives as a RuntimeError
-    ("Caught VideoDecodeError in DataLoader worker process 0 ...") holding the original's text."""
-    if "Caught VideoDecodeError" in str(error):
-        found = re.findall(r"VideoDecodeError: cannot decode video (.+?): (.*)", str(error))
+    ("Caught VideoDecodeError in DataLoader worker process 0 ...", or FrameIndexError) holding the
+    original's text."""
+    if re.search(r"Caught (VideoDecodeError|FrameIndexError) ", str(error)):
+        found = re.findall(r"(?:VideoDecodeError|FrameIndexError): cannot decode video (.+?): (.*)", str(error))
         if found:
             return VideoDecodeError(*found[-1])
     return error if isinstance(error, VideoDecodeError) else None
 
 
-class FrameIndexError(IndexError):
-    """A requested frame index is outside the video."""
+class FrameIndexError(VideoDecodeError, IndexError):
+    """A requested frame index is outside the video. A VideoDecodeError too: a video that decodes to
+    fewer frames than its index entry says stops training with the same one-line error naming it
+    (and IndexError for callers that catch that)."""
 
     def __init__(self, path: str | os.PathLike, index: int, num_frames: int):
-        self.path, self.index, self.num_frames = str(path), int(index), int(num_frames)
-        super().__init__(f"frame index {self.index} is out of range for {self.path}, "
-                         f"which has {self.num_frames} frames")
+        self.index, self.num_frames = int(index), int(num_frames)
+        super().__init__(path, f"frame index {self.index} is out of range for this video, "
+                               f"which has {self.num_frames} frames")
 
     def __reduce__(self):
         return (type(self), (self.path, self.index, self.num_frames))

@@ -8,7 +8,9 @@ Two on-disk layouts, as the few-shot community shares them:
   in file-name order with numbers compared as numbers (img_2.jpg before img_10.jpg).
 
 Names starting with "." are skipped at every level (.DS_Store, macOS ``._v0.mp4`` AppleDouble
-files, ``.ipynb_checkpoints/``).
+files, ``.ipynb_checkpoints/``). An index holds one layout (the decoders read one): ``auto`` takes
+the one most entries follow, and the other layout's entries (and, for video folders, subfolders
+holding videos) are left out with a warning that counts them.
 
 Which class goes to which split comes from split lists in ``split_dir`` (files whose names start
 with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``testlist03.txt`` or
@@ -21,6 +23,9 @@ with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``te
   ``class/video`` (spaces allowed) or a bare video id, whose class is then ``label``),
 * ``class`` alone (a list of class names; every video of the class is in that split).
 
+A line that reads as an annotation line but names nothing on disk is read whole (``a/clip 2``
+for ``a/clip 2.mp4``, a class ``Set 1``). Lists are UTF-8.
+
 A class may appear in one split's list only (few-shot splits are disjoint by class). A UTF-8
 byte-order mark at the start of a list is ignored.
 Without split lists the classes are split 64/12/24 (the CMN / OTAM proportion) by a fixed seed.
@@ -28,9 +33,13 @@ Without split lists the classes are split 64/12/24 (the CMN / OTAM proportion) b
 Probing a file (frame count, decodability) is the slow part, so the results are cached per file
 (keyed by size and mtime; a frame folder by its file count and mtime, which editing a frame in
 place does not change) in ``root/.tap_fast_index.json``, written atomically; a read-only root
-falls back to ``cache_dir``. Problems (missing or a broken symlink, unreadable, empty, truncated,
-too short) are reported by name (for frame folders: the first bad frame, every frame's first and
-last bytes checked); ``policy="fail"`` raises BadVideoError, ``policy="skip"`` leaves them out.
+falls back to ``cache_dir``. A cached entry with a problem is probed again every time (a file made
+readable again keeps its size and mtime). Problems (missing or a broken symlink, unreadable files
+and folders, empty, truncated, too short) are reported by name (for frame folders: the first bad
+frame, every frame's first and last bytes checked); ``policy="fail"`` raises BadVideoError,
+``policy="skip"`` leaves them out. A video's frame count is the frames its decoder outputs (an mp4
+edit list's discarded packets are not counted); truncated means fewer packets than the header's
+frame count or, without one (mkv/webm), less time than the video stream's own declared duration.
 The index carries the codec of every usable video (DatasetIndex.codecs), each codec's smallest
 frame size (DatasetIndex.smallest_frames: NVDEC has minimum sizes) and how many videos are not
 16-pixel aligned (DatasetIndex.unaligned_videos: NVDEC is slower on them) for the decoder choice.
@@ -41,7 +50,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +64,9 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".m
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 POLICIES = ("fail", "skip")
 CACHE_NAME = ".tap_fast_index.json"
-CACHE_VERSION = 3  # 3: a video's frame size is kept (NVDEC's minimum); 2: every frame of a frame folder checked
+# 4: discarded packets not counted, truncation judged on the video stream's own duration;
+# 3: a video's frame size is kept (NVDEC's minimum); 2: every frame of a frame folder checked
+CACHE_VERSION = 4
 CLASS_SPLIT = (64, 12, 24)  # train / val / test classes of Kinetics-100 and SSv2 few-shot splits
 
 # Class counts the public splits have, checked (as a warning) when a preset names its dataset.
@@ -119,39 +130,123 @@ def visible_entries(folder: Path) -> list[Path]:
     return [folder / n for n in sorted(_visible(os.listdir(folder)))]
 
 
+def _class_dirs(root: Path) -> list[Path]:
+    return [p for p in visible_entries(root) if p.is_dir()]
+
+
+def entry_kind(entry: Path) -> str | None:
+    """"video" (a video file), "folder" (a directory: a frame folder in that layout) or None (not a
+    video). A broken symbolic link counts as what its name says (a video's name: a video, a frame
+    image's: nothing, else a folder), so that probing reports it by name instead of it going missing."""
+    if entry.is_symlink() and not entry.exists():
+        if is_video_file(entry.name):
+            return "video"
+        return None if is_frame_file(entry.name) else "folder"
+    if entry.is_dir():
+        return "folder"
+    return "video" if is_video_file(entry.name) and entry.is_file() else None
+
+
+def _holds_frames(folder: Path) -> bool:
+    try:
+        return bool(frame_files(folder))
+    except OSError:  # unreadable: not evidence either way
+        return False
+
+
+def _entries_by_kind(root: Path) -> tuple[list[Path], list[Path]]:
+    """(video files, folders) under root/<class>/; class folders that cannot be listed are skipped
+    (scan_layout reports them)."""
+    videos, folders = [], []
+    for class_dir in _class_dirs(root):
+        try:
+            entries = visible_entries(class_dir)
+        except OSError:
+            continue
+        for entry in entries:
+            kind = entry_kind(entry)
+            if kind == "video":
+                videos.append(entry)
+            elif kind == "folder":
+                folders.append(entry)
+    return videos, folders
+
+
 def detect_format(root: str | os.PathLike) -> str:
-    """"video-folders" or "frame-folders", from the first class folder that has content."""
+    """"video-folders" or "frame-folders": the layout most entries under root/<class>/ follow (a
+    stray frame folder sorting first must not make a video dataset a frame-folder one)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
-    for class_dir in (p for p in visible_entries(root) if p.is_dir()):
-        for entry in visible_entries(class_dir):
-            if entry.is_file() and is_video_file(entry.name):
-                return "video-folders"
-            if entry.is_dir() and frame_files(entry):
-                return "frame-folders"
+    videos, folders = _entries_by_kind(root)
+    if len(folders) >= len(videos) and any(_holds_frames(f) for f in folders):
+        return "frame-folders"
+    if videos:
+        return "video-folders"
     raise ValueError(f"{root}: found neither root/<class>/<video>.<ext> ({', '.join(VIDEO_EXTENSIONS)}) "
                      f"nor root/<class>/<video>/<frame>.jpg; is --data-root the dataset's top folder?")
 
 
-def scan_layout(root: str | os.PathLike, fmt: str) -> list[Item]:
+@dataclass
+class Layout:
+    """What scan_layout found: the videos, class folders it could not list, and warning lines for
+    entries it left out (the other layout's)."""
+
+    items: list[Item]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def scan_layout(root: str | os.PathLike, fmt: str) -> Layout:
     """Every video under root/<class>/ in the given layout, sorted by class then name; names
-    starting with "." are skipped. A broken symlink named like a video is kept, so that probing
-    reports it by name instead of the video silently going missing."""
+    starting with "." are skipped. A broken symlink is kept (see entry_kind) and a class folder
+    that cannot be listed is a problem, so that both are reported by name, not silently missing.
+    Entries of the other layout are left out with a warning: one index holds one layout."""
     if fmt not in FORMATS:
         raise ValueError(f"dataset format {fmt!r} is not one of {FORMATS}")
     root = Path(root)
-    items = []
-    for class_dir in (p for p in visible_entries(root) if p.is_dir()):
-        for entry in visible_entries(class_dir):
-            if (fmt == "video-folders" and is_video_file(entry.name)
-                    and (entry.is_file() or (entry.is_symlink() and not entry.exists()))):
-                items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
-            elif fmt == "frame-folders" and entry.is_dir():
-                items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
-    if not items:
+    want = "video" if fmt == "video-folders" else "folder"
+    layout, other = Layout([]), []
+    for class_dir in _class_dirs(root):
+        try:
+            entries = visible_entries(class_dir)
+        except OSError as e:
+            layout.problems.append((str(class_dir), f"unreadable class folder ({e.strerror or e})"))
+            continue
+        for entry in entries:
+            kind = entry_kind(entry)
+            if kind == want:
+                layout.items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
+            elif kind is not None:
+                other.append(entry)
+    if not layout.items and not layout.problems:
         raise ValueError(_no_items_message(root, fmt))
-    return items
+    layout.warnings = _left_out_warnings(fmt, other)
+    return layout
+
+
+def _left_out_warnings(fmt: str, other: list[Path]) -> list[str]:
+    """A warning line per kind of entry scan_layout left out, counted, with an example and what reads
+    them. A video-folders root's folders count only when they hold frames or videos (else they are
+    no data: an empty or junk folder)."""
+    if fmt == "frame-folders":
+        groups = [(other, "video file(s)", "--dataset-format video-folders reads them instead of the frame folders")]
+    else:
+        other = [p for p in other if p.exists()]  # a broken link not named like a video says nothing
+        frames = [p for p in other if _holds_frames(p)]
+        nested = [p for p in other if p not in set(frames) and _holds_videos(p)]
+        groups = [(frames, "frame folder(s)", "--dataset-format frame-folders reads them instead of the video files"),
+                  (nested, "subfolder(s) holding video files",
+                   "videos are read one level deep, <class>/<video>.<ext>: move them up")]
+    return [f"tap_fast.data: warning: {len(paths)} {what} left out (e.g. {paths[0]}): the index reads one layout, "
+            f"{fmt} here; {fix}" for paths, what, fix in groups if paths]
+
+
+def _holds_videos(folder: Path) -> bool:
+    try:
+        return any(is_video_file(n) for n in _visible(os.listdir(folder)))
+    except OSError:
+        return False
 
 
 def _no_items_message(root: Path, fmt: str) -> str:
@@ -190,24 +285,38 @@ def find_split_files(split_dir: str | os.PathLike) -> dict[str, Path]:
     return {s: files[0] for s, files in found.items()}
 
 
-def parse_split_line(line: str) -> tuple[str, str | None]:
-    """One split-list line -> (class, video or None for a class-name line). See the module doc."""
+def split_line_readings(line: str) -> list[tuple[str, str | None]]:
+    """The ways one split-list line reads, most likely first, each (class, video or None for a
+    class-name line): an annotation line first when it looks like one, then the whole line as
+    ``class/video`` or a class name (``a/clip 2`` and a class ``Set 1`` look like annotations)."""
     line = line.strip().replace("\\", "/")  # lists written on Windows
+    readings = []
     m = _ANNOTATION_LINE.match(line)
     if m:
         path = m.group("path").strip("/")
-        if "/" in path:
-            cls, video = path.rsplit("/", 1)
-            return cls.rsplit("/", 1)[-1], video
-        return m.group("label"), path
-    if "/" in line:
-        cls, video = line.rstrip("/").rsplit("/", 1)
-        return cls.rsplit("/", 1)[-1], video
-    return line, None
+        readings.append(_class_and_video(path) if "/" in path else (m.group("label"), path))
+    whole = line.rstrip("/")  # "class_0/": a class name
+    readings.append(_class_and_video(whole) if "/" in whole else (whole, None))
+    return readings
 
 
-def read_split_lists(split_dir: str | os.PathLike) -> dict[str, list[tuple[str, str | None]]]:
+def _class_and_video(path: str) -> tuple[str, str]:
+    cls, video = path.rsplit("/", 1)
+    return cls.rsplit("/", 1)[-1], video
+
+
+def parse_split_line(line: str) -> tuple[str, str | None]:
+    """One split-list line -> (class, video or None for a class-name line), its likeliest reading.
+    See the module doc."""
+    return split_line_readings(line)[0]
+
+
+def read_split_lists(split_dir: str | os.PathLike, exists=None) -> dict[str, list[tuple[str, str | None]]]:
     """{split: [(class, video-or-None), ...]} from the split lists in split_dir.
+
+    exists(class, video) says whether a reading names something on disk: a line that reads as an
+    annotation naming nothing is then read whole when that names something. Without it the
+    likeliest reading is taken.
 
     SplitListError when a class is listed in two splits' lists: few-shot splits are disjoint by
     class, and silently keeping the first would move the class out of the split the other list meant.
@@ -216,11 +325,11 @@ def read_split_lists(split_dir: str | os.PathLike) -> dict[str, list[tuple[str, 
     first_seen: dict[str, tuple[Path, int]] = {}  # class -> (list file, line) that first named it
     for split, path in find_split_files(split_dir).items():
         entries = []
-        # utf-8-sig: a byte-order mark (Windows editors add one) would stick to the first entry
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for lineno, raw in enumerate(_read_list_lines(path), 1):
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
-            cls, video = parse_split_line(raw)
+            readings = split_line_readings(raw)
+            cls, video = next((r for r in readings if exists and exists(*r)), readings[0])
             if not cls:
                 raise SplitListError(f"{path}:{lineno}: empty class name in {raw!r}")
             other, other_line = first_seen.setdefault(cls, (path, lineno))
@@ -232,6 +341,13 @@ def read_split_lists(split_dir: str | os.PathLike) -> dict[str, list[tuple[str, 
             raise SplitListError(f"{path}: the {split} list is empty")
         out[split] = entries
     return out
+
+
+def _read_list_lines(path: Path) -> list[str]:
+    try:  # utf-8-sig: a byte-order mark (Windows editors add one) would stick to the first entry
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise SplitListError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the list as UTF-8") from e
 
 
 def default_class_split(classes: list[str], seed: int = 0, ratios=CLASS_SPLIT) -> dict[str, str]:
@@ -269,7 +385,6 @@ def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
     if split_dir is None:
         split_of = default_class_split([it.class_name for it in items], seed)
         return [Item(it.rel, it.class_name, split_of[it.class_name]) for it in items], []
-    lists = read_split_lists(split_dir)
     by_class: dict[str, list[Item]] = {}
     by_name: dict[tuple[str, str], Item] = {}
     by_stem: dict[tuple[str, str], list[Item]] = {}
@@ -278,14 +393,18 @@ def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
         name = it.rel.rsplit("/", 1)[-1]
         by_name[(it.class_name, name)] = it
         by_stem.setdefault((it.class_name, _stem(name)), []).append(it)
+
+    def matches(cls: str, video: str | None) -> list[Item]:
+        if video is None:
+            return by_class.get(cls, [])
+        exact = by_name.get((cls, video))
+        return [exact] if exact else by_stem.get((cls, _stem(video)), [])
+
+    lists = read_split_lists(split_dir, exists=lambda cls, video: bool(matches(cls, video)))
     out, problems, seen = [], [], set()
     for split, entries in lists.items():
         for cls, video in entries:
-            if video is None:
-                found = by_class.get(cls, [])
-            else:
-                exact = by_name.get((cls, video))
-                found = [exact] if exact else by_stem.get((cls, _stem(video)), [])
+            found = matches(cls, video)
             if not found:
                 problems.append((f"{cls}/{video}" if video else f"{cls}/", "listed in the "
                                  f"{split} split list but not found under the root"))
@@ -306,7 +425,8 @@ def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
 # ---------------------------------------------------------------------------------------------
 def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
     """(frames, codec, problem) of a video file: counts packets (no full decode) and decodes the
-    first frame; a header that declares more frames than are present means a truncated file.
+    first frame; a header that declares more frames (or seconds of video) than are present means
+    a truncated file.
 
     Never raises for a bad file: whatever PyAV does with a corrupt one (FFmpeg errors, or None /
     odd attributes, e.g. no codec_context for a header cut short) becomes the problem string.
@@ -315,16 +435,21 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
     return frames, codec, problem
 
 
+def _missing(path: Path) -> str:
+    """Why a path that does not exist is unusable (stat() would fail: say what is wrong with the name)."""
+    if path.is_symlink():
+        return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    return "missing (no such file)"
+
+
 def probe_video_and_size(path: str | os.PathLike) -> tuple[int, str | None, str | None, list[int] | None]:
     """probe_video's (frames, codec, problem) and the first frame's [width, height] (None when
     no frame decodes): NVDEC refuses videos under a per-codec minimum size."""
     import av
 
     path = Path(path)
-    if not path.exists():  # stat() would fail: say what is wrong with the name, not an errno
-        if path.is_symlink():
-            return 0, None, f"broken symbolic link (its target {os.readlink(path)} does not exist)", None
-        return 0, None, "missing (no such file)", None
+    if not path.exists():
+        return 0, None, _missing(path), None
     try:
         if path.stat().st_size == 0:
             return 0, None, "empty file (0 bytes)", None
@@ -335,10 +460,8 @@ def probe_video_and_size(path: str | os.PathLike) -> tuple[int, str | None, str 
             if stream.codec_context is None:  # the stream's codec parameters are missing (truncated header)
                 return 0, None, "unreadable (no codec parameters for the video stream: truncated or corrupt header)", None
             codec = stream.codec_context.name
-            frames = sum(1 for packet in container.demux(stream) if packet.size)
-            declared = stream.frames
-            if not declared and container.duration and stream.average_rate:
-                declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
+            frames, packets, seconds = _count_packets(container, stream)
+            truncated = _truncation(stream, packets, seconds, _declared_seconds(container, stream))
         if frames == 0:
             return 0, codec, "no video frames (empty or truncated file)", None
         with av.open(str(path)) as container:
@@ -348,9 +471,70 @@ def probe_video_and_size(path: str | os.PathLike) -> tuple[int, str | None, str 
         return 0, None, "no frame could be decoded", None
     except Exception as e:  # a corrupt file must be reported by name, whatever PyAV raised for it
         return 0, None, f"unreadable ({type(e).__name__}: {e})", None
-    if declared and frames < declared - max(1, declared // 20):
-        return frames, codec, f"truncated (header declares ~{declared} frames, {frames} present)", size
-    return frames, codec, None, size
+    return frames, codec, truncated, size
+
+
+def _count_packets(container, stream) -> tuple[int, int, float | None]:
+    """(frames the decoder outputs, packets present, seconds of video they span or None when they
+    carry no timestamps). Discarded packets (an mp4 edit list's, e.g. `ffmpeg -ss ... -c copy`
+    cuts) are demuxed and decoded as references but never output: frames leaves them out."""
+    frames = packets = 0
+    start = end = None
+    for packet in container.demux(stream):
+        if not packet.size:  # the demuxer's flush packet
+            continue
+        packets += 1
+        frames += not packet.is_discard
+        if packet.pts is not None:  # B-frames come out of order: the earliest start, the latest end
+            last = packet.pts + (packet.duration or 0)
+            start = packet.pts if start is None else min(start, packet.pts)
+            end = last if end is None else max(end, last)
+    seconds = float((end - start) * stream.time_base) if start is not None and stream.time_base else None
+    return frames, packets, seconds
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """How long the header says the video stream lasts, or None when it does not say it reliably:
+    the stream's own duration, or Matroska's per-track DURATION tag (mkv/webm streams have no
+    frame count); container.duration is the longest stream's (audio often outlasts video), so it
+    stands for the video only in a file with no other stream."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tagged = _duration_tag(stream.metadata)
+    if tagged is not None:
+        return tagged
+    if len(container.streams) == 1 and container.duration:
+        return container.duration / 1e6
+    return None
+
+
+_DURATION_TAG = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")  # Matroska's "00:00:02.493000000"
+
+
+def _duration_tag(metadata) -> float | None:
+    for key, value in (metadata or {}).items():
+        m = _DURATION_TAG.match(str(value).strip()) if key.upper().startswith("DURATION") else None
+        if m:
+            return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    return None
+
+
+def _truncation(stream, packets: int, seconds: float | None, declared_seconds: float | None) -> str | None:
+    """The "truncated" problem, or None. A declared frame count is compared with the packets present
+    (an mp4's count includes discarded ones); without one, the declared duration with the time the
+    packets span, which holds for variable frame rates too (duration x frame rate does not).
+    Nothing is said when the header declares neither reliably."""
+    declared = stream.frames
+    if declared:
+        if packets < declared - max(1, declared // 20):
+            return f"truncated (header declares ~{declared} frames, {packets} present)"
+        return None
+    if not declared_seconds or seconds is None:
+        return None
+    frame_time = 1 / float(stream.average_rate) if stream.average_rate else 0.0
+    if seconds < declared_seconds - max(1.5 * frame_time, declared_seconds / 20):
+        return f"truncated (header declares {declared_seconds:.2f} s of video, {seconds:.2f} s present)"
+    return None
 
 
 def frame_files(folder: str | os.PathLike) -> list[str]:
@@ -399,10 +583,12 @@ def check_image_file(path: str | os.PathLike) -> str | None:
 def probe_frame_folder(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
     """(frames, "jpeg", problem) of a frame folder; every frame's start and end bytes are checked
     (not decoded), so a truncated frame is found here, not mid-training. Names the first bad one."""
+    if not Path(path).exists():
+        return 0, None, _missing(Path(path))
     try:
         names = frame_files(path)
     except OSError as e:
-        return 0, None, f"unreadable folder ({e})"
+        return 0, None, f"unreadable folder ({e.strerror or e})"
     if not names:
         return 0, None, "empty frame folder (no .jpg/.png)"
     for name in names:
@@ -433,13 +619,26 @@ def cache_path(root: Path, cache_dir: str | os.PathLike | None) -> Path:
 
 
 def _load_cache(path: Path, fmt: str) -> dict:
+    """The cache's entries; {} when it is missing, stale or not shaped as _save_cache writes it (a
+    hand-edited or foreign file): a bad cache only costs a rescan."""
     try:
         data = json.loads(path.read_text())
-        if data.get("version") == CACHE_VERSION and data.get("format") == fmt:
-            return data["entries"]
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass  # a missing or stale cache only costs a rescan
-    return {}
+    except (OSError, ValueError):
+        return {}
+    if not (isinstance(data, dict) and data.get("version") == CACHE_VERSION and data.get("format") == fmt):
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict) or not all(_valid_entry(e) for e in entries.values()):
+        return {}
+    return entries
+
+
+def _valid_entry(entry) -> bool:
+    """Whether a cache entry has every field probe_items writes, of the right type."""
+    return (isinstance(entry, dict) and isinstance(entry.get("sig", 0), (list, type(None)))
+            and isinstance(entry.get("frames"), int) and not isinstance(entry.get("frames"), bool)
+            and all(isinstance(entry.get(k, 0), (str, type(None))) for k in ("codec", "problem"))
+            and isinstance(entry.get("size", 0), (list, type(None))))
 
 
 def _save_cache(path: Path, fmt: str, entries: dict) -> None:
@@ -448,20 +647,27 @@ def _save_cache(path: Path, fmt: str, entries: dict) -> None:
     write_text_atomic(path, json.dumps({"version": CACHE_VERSION, "format": fmt, "entries": entries}))
 
 
-def _signature(path: Path) -> list[int]:
-    if not path.exists():  # a broken symlink: the link itself, so replacing it means a new probe
-        st = path.lstat()
-        return [-1, st.st_mtime_ns]
-    st = path.stat()
-    if path.is_dir():  # a frame folder changes when files are added or removed
-        return [len(os.listdir(path)), st.st_mtime_ns]
-    return [st.st_size, st.st_mtime_ns]
+def _signature(path: Path) -> list[int] | None:
+    """What changes when the file (or frame folder) does; None when it cannot be read (then
+    there is nothing to compare, and the probe says what is wrong)."""
+    try:
+        if not path.exists():  # a broken symlink: the link itself, so replacing it means a new probe
+            st = path.lstat()
+            return [-1, st.st_mtime_ns]
+        st = path.stat()
+        if path.is_dir():  # a frame folder changes when files are added or removed
+            return [len(os.listdir(path)), st.st_mtime_ns]
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None
 
 
 def probe_items(root: Path, fmt: str, items: list[Item], cache_file: Path | None,
                 progress: bool = False) -> dict[str, dict]:
     """{rel: {"frames", "codec", "problem", "size"}} for every item, probing only what the cache
-    lacks ("size": a video's [width, height], None for frame folders)."""
+    lacks ("size": a video's [width, height], None for frame folders). An entry with a problem is
+    probed again every time (they are few): fixing a file's permissions changes neither its size
+    nor its mtime."""
     cached = _load_cache(cache_file, fmt) if cache_file is not None else {}
     probe = probe_video_and_size if fmt == "video-folders" else (lambda p: (*probe_frame_folder(p), None))
     results, changed = {}, False
@@ -472,12 +678,12 @@ def probe_items(root: Path, fmt: str, items: list[Item], cache_file: Path | None
         path = root / it.rel
         sig = _signature(path)
         hit = cached.get(it.rel)
-        if hit is not None and hit.get("sig") == sig:
+        if hit is not None and sig is not None and hit["sig"] == sig and hit["problem"] is None:
             results[it.rel] = hit
             continue
         frames, codec, problem, size = probe(path)
         results[it.rel] = {"sig": sig, "frames": frames, "codec": codec, "problem": problem, "size": size}
-        changed = True
+        changed = changed or results[it.rel] != hit
     if cache_file is not None and (changed or set(cached) - set(results)):
         merged = dict(cached)
         merged.update(results)
@@ -493,6 +699,7 @@ class IndexReport:
     codecs: set
     problems: list[tuple[str, str]]
     cache_file: Path | None
+    warnings: list[str] = field(default_factory=list)  # entries left out, already printed
 
 
 def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: str | os.PathLike | None = None,
@@ -509,7 +716,13 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
     fmt = detect_format(root) if fmt in ("auto", None) else fmt
     if fmt not in FORMATS:
         raise ValueError(f"dataset format {fmt!r} is not one of {FORMATS} (or auto)")
-    items, problems = assign_splits(scan_layout(root, fmt), split_dir, seed)
+    layout = scan_layout(root, fmt)
+    for line in layout.warnings:
+        print(line, file=sys.stderr, flush=True)
+    if not layout.items:
+        raise BadVideoError(layout.problems, hint=f"\n{root}: no usable video is left")
+    items, listed_problems = assign_splits(layout.items, split_dir, seed)
+    problems = layout.problems + _beside_unreadable(listed_problems, layout.problems)
     try:
         cache_file = cache_path(root, cache_dir)
     except PermissionError:
@@ -539,7 +752,14 @@ def build_dataset_index(root: str | os.PathLike, fmt: str = "auto", split_dir: s
         raise ValueError(f"{root}: no usable videos")
     index = DatasetIndex(records, codecs=codecs, smallest_frames=smallest or None,
                          unaligned_videos=count_unaligned(sizes) if sizes else None)
-    return IndexReport(index, codecs, problems, cache_file)
+    return IndexReport(index, codecs, problems, cache_file, layout.warnings)
+
+
+def _beside_unreadable(listed: list[tuple[str, str]], unreadable: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Split-list problems less those in a class folder already reported unreadable ("not found"
+    would hide the cause)."""
+    classes = {Path(folder).name for folder, _ in unreadable}
+    return [(entry, why) for entry, why in listed if entry.split("/", 1)[0] not in classes]
 
 
 def count_unaligned(sizes: list[list[int]]) -> int:
