@@ -825,3 +825,11 @@ def test_lines_that_look_like_annotations_are_read_whole_when_that_names_somethi
     assert problems == []
     assert sorted((it.rel, it.split) for it in items) == [
         ("Set 1/x.webm", "val"), ("a/v0.webm", "train"), ("a/video name 2.webm", "train"), ("t/y.webm", "test")]
+
+
+def test_an_unlistable_dataset_root_is_named_in_a_value_error(tmp_path, monkeypatch):
+    """The entry points print ValueErrors as one line; a raw PermissionError was a traceback."""
+    root = make_root(tmp_path / "d", "video", classes=2, videos=1)
+    _unlistable(monkeypatch, root)
+    with pytest.raises(ValueError, match=rf"dataset root {root} cannot be listed \(Permission denied\)"):
+        build_dataset_index(root)

@@ -131,7 +131,11 @@ def visible_entries(folder: Path) -> list[Path]:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return [p for p in visible_entries(root) if p.is_dir()]
+    try:
+        entries = visible_entries(root)
+    except OSError as e:  # a ValueError: the entry points turn those into a one-line error
+        raise ValueError(f"dataset root {root} cannot be listed ({e.strerror or e})") from e
+    return [p for p in entries if p.is_dir()]
 
 
 def entry_kind(entry: Path) -> str | None:
