@@ -696,26 +696,19 @@ def test_hidden_and_os_junk_entries_are_skipped(tmp_path):
     assert index.videos("class_2")[0].num_frames == FRAMES
 
 
-def test_broken_symlink_is_reported_by_name(tmp_path):
-    root = make_root(tmp_path / "d", "video", classes=3, videos=2)
-    link = root / "class_1" / "moved.webm"
-    link.symlink_to(tmp_path / "elsewhere" / "moved.webm")
+@pytest.mark.parametrize("layout, name", [("video", "moved.webm"), ("frames", "moved")])
+def test_broken_symlink_is_reported_by_name(tmp_path, layout, name):
+    """A link to a video file or to a frame folder whose target has gone."""
+    root = make_root(tmp_path / "d", layout, classes=3, videos=2, frames=2)
+    link = root / "class_1" / name
+    link.symlink_to(tmp_path / "elsewhere" / name)
     with pytest.raises(BadVideoError) as err:
         build_dataset_index(root)
-    assert err.value.problems == [(str(link), f"broken symbolic link (its target {tmp_path}/elsewhere/moved.webm "
+    assert err.value.problems == [(str(link), f"broken symbolic link (its target {tmp_path}/elsewhere/{name} "
                                               "does not exist)")]
     assert len(build_dataset_index(root, policy="skip").index) == 6
-    assert formats.probe_video(root / "class_1" / "gone.webm")[2] == "missing (no such file)"
-
-
-def test_broken_symlink_to_a_frame_folder_is_reported_by_name(tmp_path):
-    root = make_root(tmp_path / "d", "frames", classes=3, videos=2, frames=2)
-    link = root / "class_1" / "moved"
-    link.symlink_to(tmp_path / "elsewhere" / "moved")
-    with pytest.raises(BadVideoError) as err:
-        build_dataset_index(root)
-    assert err.value.problems == [(str(link), f"broken symbolic link (its target {tmp_path}/elsewhere/moved "
-                                              "does not exist)")]
+    if layout == "video":
+        assert formats.probe_video(root / "class_1" / "gone.webm")[2] == "missing (no such file)"
 
 
 def _unlistable(monkeypatch, *folders: Path) -> None:
