@@ -37,6 +37,17 @@ def test_load_resolves_relative_to_moved_dir(tmp_path):
     assert back.records()[0].path == (tmp_path / "b" / "a" / "0.webm").resolve()
 
 
+def test_relative_record_paths_survive_a_round_trip(tmp_path, monkeypatch):
+    """Records with paths relative to the working directory (the synthetic generator's, given a
+    relative root) were stored verbatim, and load() resolved them against the index's directory:
+    data/syn/videos/a/0.webm came back as <cwd>/data/syn/data/syn/videos/a/0.webm."""
+    monkeypatch.chdir(tmp_path)
+    records = [VideoRecord(Path("data/syn/videos/a/0.webm"), "a", "train", 8),
+               VideoRecord(Path("elsewhere/b/0.webm"), "b", "train", 8)]  # outside the index's directory
+    back = DatasetIndex.load(DatasetIndex(records).save("data/syn/index.jsonl"))
+    assert [r.path.resolve() for r in back] == [(tmp_path / r.path).resolve() for r in records]
+
+
 def test_unknown_class_and_split(tmp_path):
     idx = DatasetIndex(_records(tmp_path))
     with pytest.raises(KeyError, match="'zz'"):

@@ -33,6 +33,25 @@ def test_tsn_train_mode_within_segments(n, t):
         assert set(np.unique(col)) == set(range(lo, min(hi, n - 1) + 1))
 
 
+def test_tsn_segments_are_exact_where_floating_point_is_not():
+    """Segment k is [k n / T, (k + 1) n / T) in exact arithmetic: k * (n / T) in floats misses integer
+    boundaries (7 * (29 / 7) = 29.000000000000004), which moved a test-time centre by a frame
+    (n 14, T 5: centre 7.0 came out as frame 6) and, in training, let a segment draw the first frame
+    of the next one, or its last frame twice as often (n 29, T 7)."""
+    for t in (3, 5, 7, 10, 14):
+        for n in range(1, 300):
+            centres = (2 * np.arange(t) + 1) * n // (2 * t)
+            np.testing.assert_array_equal(tsn_frame_indices(n, t, train=False), centres, err_msg=f"n={n} T={t}")
+    rng = np.random.default_rng(0)
+    for n, t in ((29, 7), (58, 14)):
+        draws = np.stack([tsn_frame_indices(n, t, train=True, rng=rng) for _ in range(3000)])
+        for i in range(t):
+            lo, hi = i * n // t, -(-(i + 1) * n // t) - 1
+            values, counts = np.unique(draws[:, i], return_counts=True)
+            assert values.tolist() == list(range(lo, hi + 1)), (n, t, i)
+            assert counts.max() < 1.4 * counts.min(), (n, t, i, counts)  # uniform within the segment
+
+
 def test_tsn_fewer_frames_than_segments_repeats():
     idx = tsn_frame_indices(3, 8, train=False)
     assert len(idx) == 8 and set(idx.tolist()) == {0, 1, 2}

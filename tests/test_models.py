@@ -100,6 +100,21 @@ def test_bad_clip_shape_is_named():
         model(torch.zeros(5, 8, 56, 56), torch.zeros(5, 8, 56, 56), 5)
 
 
+@pytest.mark.parametrize("head", ["tsn", "otam"])
+def test_support_that_does_not_split_into_classes_is_named(head):
+    """No support videos used to pass the `% way` check and give NaN logits (mean over nothing);
+    logits_from_features (evaluation's path) raised a bare view error, or ZeroDivisionError for way 0."""
+    model = FewShotModel(torch.nn.Flatten(), build_model(preset("synthetic").replace(head=head)).head)
+    with pytest.raises(ValueError, match="0 support videos do not split into 5 classes"):
+        model(torch.zeros(0, 4, 3, 2, 2), torch.zeros(2, 4, 3, 2, 2), 5)
+    support, query = torch.randn(6, 4, 12), torch.randn(2, 4, 12)
+    with pytest.raises(ValueError, match="6 support videos do not split into 4 classes"):
+        model.logits_from_features(support, query, 4)
+    with pytest.raises(ValueError, match="way must be an int >= 1"):
+        model.logits_from_features(support, query, 0)
+    assert model.logits_from_features(support, query, 3).shape == (2, 3)
+
+
 def test_missing_backbone_weights_file_is_named(tmp_path):
     config = preset("synthetic").replace(backbone="resnet50", backbone_weights=str(tmp_path / "nope.pth"))
     with pytest.raises(FileNotFoundError, match="nope.pth"):

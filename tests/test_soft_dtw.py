@@ -14,6 +14,17 @@ SHAPES = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 5), (5, 1), (3, 7), (8, 5), (13, 1
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 
 
+def grad_tol(dtype, gamma):
+    """Gradient tolerance: float32 R carries ~eps * |R| of rounding (|R| ~ N + M here), and the
+    soft-min weights, exp(-(R_p - R_min) / gamma), turn it into a relative error of ~eps * |R| / gamma.
+    A flat 2e-5 failed for a 13 x 13 cost at gamma 0.01 in about one run in a hundred (the inputs
+    are fresh each run; e.g. PYTHONHASHSEED=245)."""
+    if dtype == torch.float64:
+        return TOL[dtype]
+    scale = max(1.0, 0.1 / gamma)
+    return {k: v * scale for k, v in TOL[dtype].items()}
+
+
 def softmin(values, gamma):
     return -gamma * math.log(sum(math.exp(-v / gamma) for v in values))
 
@@ -71,7 +82,8 @@ def test_hard_limit_is_dtw(variant):
 @pytest.mark.parametrize("gamma", GAMMAS)
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
 def test_forward_and_grad_match_reference(variant, gamma, dtype):
-    gen = torch.Generator().manual_seed(hash((variant, gamma, str(dtype))) % 2**31)
+    seed = hash((variant, gamma, str(dtype))) % 2**31  # str hashes vary per run: fresh inputs
+    gen = torch.Generator().manual_seed(seed)
     for n, m in SHAPES:
         batch = 19  # not a multiple of the CPU tile width (8 / 16 lanes)
         cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2  # 1 - cos range
@@ -84,8 +96,9 @@ def test_forward_and_grad_match_reference(variant, gamma, dtype):
         out = soft_dtw(x, gamma, variant)
         (out * weights.to(dtype)).sum().backward()
         assert out.dtype == dtype and out.shape == (batch,)
-        torch.testing.assert_close(out.double(), ref.detach(), **TOL[dtype])
-        torch.testing.assert_close(x.grad.double(), ref_in.grad, **TOL[dtype])
+        torch.testing.assert_close(out.double(), ref.detach(), **TOL[dtype], msg=lambda text: f"seed {seed}: {text}")
+        torch.testing.assert_close(x.grad.double(), ref_in.grad, **grad_tol(dtype, gamma),
+                                   msg=lambda text: f"seed {seed}, shape {(n, m)}: {text}")
 
 
 @pytest.mark.parametrize("threads", (1, 2))

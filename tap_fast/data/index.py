@@ -135,10 +135,12 @@ class DatasetIndex:
         lines = []
         for r in self._records:
             p = Path(r.path)
+            # A relative record path means the working directory's (as open() reads it), but load()
+            # resolves relative paths against the index's directory: never store one verbatim.
             try:
-                p_str = p.resolve().relative_to(root).as_posix() if p.is_absolute() else p.as_posix()
+                p_str = p.resolve().relative_to(root).as_posix()
             except ValueError:
-                p_str = str(p)
+                p_str = str(p) if p.is_absolute() else os.path.abspath(p)
             lines.append(json.dumps({"path": p_str, "class_name": r.class_name, "split": r.split,
                                      "num_frames": r.num_frames}))
         write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))

@@ -39,15 +39,19 @@ def tsn_frame_indices(num_frames: int, num_segments: int, train: bool,
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
     if not isinstance(num_segments, (int, np.integer)) or num_segments < 1:
         raise ValueError(f"num_segments must be an int >= 1, got {num_segments!r}")
-    seg = np.arange(num_segments + 1, dtype=np.float64) * (num_frames / num_segments)
+    # Segment k is [k * n / T, (k + 1) * n / T). Exact integer arithmetic: in floating point
+    # k * (n / T) misses integer boundaries (7 * (29 / 7) = 29.000000000000004), which moved
+    # test-time centres by a frame and drew boundary frames twice as often in training.
+    n, t = int(num_frames), int(num_segments)
+    k = np.arange(t, dtype=np.int64)
     if not train:
-        return np.minimum(((seg[:-1] + seg[1:]) / 2).astype(np.int64), num_frames - 1)
+        return np.minimum((2 * k + 1) * n // (2 * t), n - 1)
     if rng is None:
         raise ValueError("tsn_frame_indices(train=True) needs an rng (np.random.Generator)")
-    start = np.floor(seg[:-1]).astype(np.int64)
-    # Last frame whose start lies inside the segment; at least `start` for sub-frame segments.
-    end = np.maximum(np.ceil(seg[1:]).astype(np.int64) - 1, start)
-    return np.minimum(rng.integers(start, end, endpoint=True), num_frames - 1)
+    start = k * n // t  # floor
+    # Last frame whose start lies inside the segment (ceil - 1); at least `start` for sub-frame segments.
+    end = np.maximum(-(-(k + 1) * n // t) - 1, start)
+    return np.minimum(rng.integers(start, end, endpoint=True), n - 1)
 
 
 @dataclass(frozen=True)

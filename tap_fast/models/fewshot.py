@@ -1,6 +1,8 @@
 """The few-shot classifier: backbone per frame -> head -> class scores -> loss."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,14 +27,14 @@ class FewShotModel(nn.Module):
 
     def forward(self, support: torch.Tensor, query: torch.Tensor, way: int) -> torch.Tensor:
         """Class logits [NQ, way]. support is class-major: support[c * shot + k] is class c."""
-        if support.shape[0] % way:
-            raise ValueError(f"{support.shape[0]} support videos do not split into {way} classes")
+        _check_support(support.shape[0], way)  # before the backbone runs
         features = self.frame_features(torch.cat([support, query]))
         return self.logits_from_features(features[: len(support)], features[len(support):], way)
 
     def logits_from_features(self, support_features: torch.Tensor, query_features: torch.Tensor,
                              way: int) -> torch.Tensor:
         """Class logits [NQ, way] from per-frame features [N, T, Df] (class-major support)."""
+        _check_support(support_features.shape[0], way)
         similarity = self.head(query_features, support_features)  # [NQ, NS]
         shot = support_features.shape[0] // way
         # c(V, k): mean similarity to the class's support videos
@@ -41,6 +43,15 @@ class FewShotModel(nn.Module):
     def alignment_maps(self, support: torch.Tensor, query: torch.Tensor):
         features = self.frame_features(torch.cat([support, query]))
         return self.head.alignment_maps(features[len(support):], features[: len(support)])
+
+
+def _check_support(num_support: int, way: int) -> None:
+    # Zero support videos would pass a bare `% way` test and give NaN logits (mean over nothing).
+    if isinstance(way, bool) or not isinstance(way, numbers.Integral) or way < 1:
+        raise ValueError(f"way must be an int >= 1, got {way!r}")
+    if num_support == 0 or num_support % way:
+        raise ValueError(f"{num_support} support videos do not split into {way} classes "
+                         f"(need shot >= 1 videos per class, class-major)")
 
 
 def episode_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
