@@ -30,6 +30,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
+def load_weights(model, checkpoint: dict, path) -> None:
+    """model.load_state_dict(checkpoint["model"]); a ValueError naming path when the weights do not fit
+    the model its config describes (an edited or foreign checkpoint): torch's own message is a key dump."""
+    state, expected = checkpoint["model"], model.state_dict()
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: its 'model' entry is not a state dict ({type(state).__name__})")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or unexpected or reshaped:
+        first = lambda keys: f"{keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''}"
+        found = [f"{what} {first(keys)}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes:", reshaped)) if keys]
+        config = checkpoint["config"]
+        raise ValueError(f"{path}: its weights do not fit the model its saved config describes (head "
+                         f"{config.get('head')!r}, backbone {config.get('backbone')!r}: {'; '.join(found)})")
+    model.load_state_dict(state)
+
+
 def rng_states() -> dict:
     """Every random generator a training step could draw from (python, numpy, torch CPU and CUDA)."""
     import random

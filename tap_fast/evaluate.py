@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tap_fast.atomic_write import write_text_atomic
-from tap_fast.checkpoint import load_checkpoint
+from tap_fast.checkpoint import load_checkpoint, load_weights
 from tap_fast.config import CHOICES, TrainConfig
 from tap_fast.data.build import episode_dataset, load_index
 from tap_fast.data.decode import as_decode_error
@@ -133,7 +133,7 @@ def model_from_checkpoint(path, device):
     checkpoint = load_checkpoint(path)
     config = TrainConfig.from_dict(checkpoint["config"])
     model = build_model(config.replace(backbone_weights=None))  # the checkpoint holds every weight
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint, path)
     return model.to(device), config
 
 
@@ -171,6 +171,8 @@ def main(argv=None) -> int:
                         help="fail on unusable videos, or skip them (default: the run's)")
     add_run_options(parser, json_help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.shots and len(set(args.shots)) < len(args.shots):  # the same test run twice, reported once
+        parser.error(f"--shots names a K more than once ({' '.join(map(str, args.shots))}); give each once")
 
     def work():
         model, config, device = open_checkpoint(args)
@@ -228,6 +230,8 @@ def run_reporting_errors(work):
 def check_json_path(path: str) -> None:
     """A ValueError now when --json could not be written later (missing or read-only folder)."""
     folder = Path(path).parent
+    if folder.exists() and not folder.is_dir():  # "does not exist" would send the user looking for it
+        raise ValueError(f"--json {path}: {folder} is a file, not a directory")
     if not folder.is_dir():
         raise ValueError(f"--json {path}: the directory {folder} does not exist")
     if not os.access(folder, os.W_OK):

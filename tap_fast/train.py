@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -34,8 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tap_fast import distributed
-from tap_fast.atomic_write import write_text_atomic
-from tap_fast.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_atomic
+from tap_fast.atomic_write import write_atomic, write_text_atomic
+from tap_fast.checkpoint import load_checkpoint, load_weights, restore_rng_states, rng_states, save_atomic
 from tap_fast.config import CHOICES, HEADS, PRESETS, TrainConfig, check_value, preset
 from tap_fast.data.build import episode_dataset, episode_loader, load_index
 from tap_fast.data.decode import VideoDecodeError, as_decode_error
@@ -206,6 +207,8 @@ def validate_config(config: TrainConfig) -> None:
     shots = config.test_shots
     if isinstance(shots, tuple) and any(isinstance(shot, int) and shot < 1 for shot in shots):
         raise ValueError(f"--test-shots must each be >= 1, got {' '.join(map(str, shots))}")
+    if isinstance(shots, tuple) and len(set(shots)) < len(shots):  # the same test run twice, reported once
+        raise ValueError(f"--test-shots names a shot more than once ({' '.join(map(str, shots))}); give each once")
     for field in dataclasses.fields(TrainConfig):
         check_value(field.name, getattr(config, field.name))  # types, choices (--set, train(config) callers)
     for name in ("way", "shot", "query", "frames", "episodes", "episodes_per_step", "episodes_per_epoch",
@@ -230,6 +233,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"--way must be >= 2 for a classification episode, got {config.way}")
     if config.crop > config.resize:
         raise ValueError(f"--crop {config.crop} is larger than --resize {config.resize} (the frame's short side)")
+    if config.data_root and Path(config.data_root).exists() and not Path(config.data_root).is_dir():
+        # synthetic: the set would be generated into it (a FileExistsError traceback after the model is built)
+        raise ValueError(f"--data-root {config.data_root} is a file, not a directory")
     pick_device(config.device)  # --device cuda without a GPU: say so now, not in a traceback
 
 
@@ -244,9 +250,22 @@ def previous_run(out_dir: Path) -> list[str]:
     return found or [name for name in ("log.jsonl", "tensorboard/") if (out_dir / name).exists()]
 
 
-def clear_previous_run(out_dir: Path) -> None:
-    import shutil
+def out_dir_problem(out_dir: Path) -> str | None:
+    """Why out_dir could not hold the run's files (a file, under a file, not writable), or None:
+    found now, before the model and the data, not as a traceback when the first file is written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"--out-dir {out_dir} is a file, not a directory"
+    existing = Path(os.path.abspath(out_dir))
+    while not existing.exists():  # the folder nearest to out_dir that is there: where it would be made
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"--out-dir {out_dir}: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out-dir {out_dir}: {existing} is not writable"
+    return None
 
+
+def clear_previous_run(out_dir: Path) -> None:
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
         for tmp in out_dir.glob(f".{name}.*.tmp"):  # left by a write that was killed mid-way
@@ -323,7 +342,10 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     # ---- out_dir: a previous run's checkpoints and results are never replaced unasked ------------
     if options.overwrite and options.resume:
         raise ValueError(_OVERWRITE_AND_RESUME)
-    previous = distributed.broadcast_object(previous_run(out_dir) if main else None, ctx)  # rank 0's disk
+    problem, previous = distributed.broadcast_object(  # rank 0's disk: rank 0 alone writes there
+        (out_dir_problem(out_dir), previous_run(out_dir)) if main else None, ctx)
+    if problem:
+        raise ValueError(problem)
     resumes_elsewhere = (options.resume not in (None, "auto")
                          and Path(options.resume).resolve().parent != out_dir.resolve())
     if previous and resumes_elsewhere:  # continuing one run in another run's folder would overwrite it
@@ -351,6 +373,14 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
         if checkpoint["episode"] % global_batch:
             raise ValueError(f"--resume: {path} stopped at episode {checkpoint['episode']}, not a multiple of "
                              f"this run's {global_batch} episodes per step")
+        # best.pt (the weights the final test reads) is kept beside last.pt: resumed into another --out-dir
+        # it comes along (copied once the run starts); with none at all the next validation makes one
+        best_source = distributed.broadcast_object(
+            next((p for p in (out_dir / "best.pt", path.parent / "best.pt") if p.is_file()), None) if main else None,
+            ctx)
+        if best_source is None and checkpoint["episode"] >= total_steps * global_batch:
+            raise ValueError(f"--resume: {path} is at the end of its run (episode {checkpoint['episode']}) and "
+                             f"there is no best.pt beside it to test; raise --episodes to train on")
     if main and config.backbone == "resnet50" and not config.backbone_weights:
         print("tap_fast: warning: no --backbone-weights: ResNet-50 starts from random weights (the paper's "
               "settings assume ImageNet weights; expect much lower accuracy)", file=sys.stderr, flush=True)
@@ -361,6 +391,8 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     optimizer, scheduler = build_optimizer(model, config, global_batch)
     scaler = grad_scaler(precision, device)
     clipped = parameter_groups_to_clip(model)
+    # what the finite check after each step reads: BatchNorm's running statistics overflow first
+    weights = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
     state = {"step": 0, "history": [], "best_accuracy": -math.inf, "running": [0.0, 0.0, 0],
              "meters": [0.0, 0.0, 0], "elapsed": 0.0}
 
@@ -376,10 +408,12 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     check_episodes_fit(config, index, "test", config.test_shots, hint="lower --test-shots or --way")
 
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint, path)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         state.update(checkpoint["loop"], step=checkpoint["episode"] // global_batch)
+        if best_source is None:  # a validation no better than the lost best.pt would write none
+            state["best_accuracy"] = -math.inf
         if checkpoint["global_batch"] == global_batch:
             scheduler.load_state_dict(checkpoint["scheduler"])
         else:  # another world size: the same schedule, counted in this run's steps
@@ -403,8 +437,12 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     val_dataset = episode_dataset(config, index, "val", shot=config.shot, train=False,
                                   seed=config.seed + VAL_SEED_OFFSET)
 
+    saved_episode = checkpoint["episode"] if checkpoint is not None else None  # the last.pt on disk
+
     def save_last(step: int) -> None:
         """last.pt: everything --resume needs to continue exactly (a collective: call on every rank)."""
+        nonlocal saved_episode
+        saved_episode = step * global_batch
         rng = distributed.gather_objects(rng_states(), ctx)
         if main:
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -413,9 +451,20 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
                          "episode": step * global_batch, "global_batch": global_batch,
                          "config": config.to_dict()}, out_dir / "last.pt")
 
+    def diverged(episode: int, what: str) -> ValueError:
+        """The one-line error for a run whose numbers went NaN/inf (bar and log closed first)."""
+        bar.close()
+        log.close()
+        kept = f"; last.pt is from episode {saved_episode}, before it" if saved_episode is not None else ""
+        return ValueError(f"training diverged at episode {episode}: {what} became NaN or inf (--lr {config.lr:g} "
+                          f"too high? lower it{', or use --precision fp32' if precision != 'fp32' else ''}){kept}")
+
     # ---- loop: one optimizer step = episodes_per_step episodes on each rank --------------------
     if main and options.overwrite:
         clear_previous_run(out_dir)
+    if main and checkpoint is not None and best_source is not None and best_source != out_dir / "best.pt":
+        with open(best_source, "rb") as source:
+            write_atomic(out_dir / "best.pt", lambda f: shutil.copyfileobj(source, f))
     log = RunLog(out_dir, enabled=main, resume_episode=start_step * global_batch if options.resume else None)
     timer = StepTimer(device, sync=options.profile)
     started = time.time() - state["elapsed"]
@@ -436,8 +485,15 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
                     # gradients are all-reduced once per step, on the last backward
                     with ddp_model.no_sync() if ctx.enabled and not last_micro else nullcontext():
                         with timer("forward"), autocast(precision, device):
-                            logits = ddp_model(batch["support"].to(device, non_blocking=True),
-                                               batch["query"].to(device, non_blocking=True), config.way)
+                            try:
+                                logits = ddp_model(batch["support"].to(device, non_blocking=True),
+                                                   batch["query"].to(device, non_blocking=True), config.way)
+                            except ValueError as error:
+                                # the TAP/OTAM kernels refuse non-finite inputs: finite but huge weights
+                                # overflowed the features (the weights check below comes a step late)
+                                if "NaN or inf" not in str(error):
+                                    raise
+                                raise diverged(step * global_batch + 1, "the features") from error
                             labels = batch["query_labels"].to(device)
                             loss = episode_loss(logits, labels)
                         with timer("backward"):
@@ -456,11 +512,19 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
                     if scaler.get_scale() >= scale:
                         scheduler.step()
 
+                # weights gone NaN/inf (a diverged step; fp16's scaler skips such steps) would train on
+                # silently, or fail in a head's kernel with a message that does not say why
+                # (the largest |w|, by multi-tensor kernels on CUDA: one launch, not one per tensor)
+                weights_ok = torch.isfinite(torch.nn.utils.get_total_norm(weights, math.inf))
                 # one small collective a step: the global step's loss and accuracy, and any rank's stop signal
-                loss_total, correct_total, stop_votes = distributed.all_reduce_sum(
-                    [loss_sum.item(), correct_sum.item(), float(stop_signal.requested)], ctx)
+                loss_total, correct_total, stop_votes, bad_weights = distributed.all_reduce_sum(
+                    [loss_sum.item(), correct_sum.item(), float(stop_signal.requested),
+                     float(not weights_ok.item())], ctx)
                 step_loss, step_accuracy = loss_total / global_batch, correct_total / global_batch
                 episode, done = (step + 1) * global_batch, step + 1
+                # fp16: an overflowing loss is the GradScaler's to handle (it skips the step)
+                if bad_weights or (precision != "fp16" and not math.isfinite(step_loss)):
+                    raise diverged(episode, "the weights" if bad_weights else "the loss")
                 running, meters = state["running"], state["meters"]
                 running[0] = 0.98 * running[0] + 0.02 * step_loss
                 running[1] = 0.98 * running[1] + 0.02 * step_accuracy

@@ -199,3 +199,22 @@ def test_every_train_option_has_help():
 
     missing = [action.option_strings for action in build_parser()._actions if not action.help]
     assert not missing
+
+
+def test_test_shots_must_not_repeat(capsys):
+    from tap_fast.train import main, validate_config
+
+    with pytest.raises(ValueError, match=r"--test-shots names a shot more than once \(1 5 1\)"):
+        validate_config(PRESETS["synthetic"].replace(test_shots=(1, 5, 1)))  # was: the 1-shot test twice
+    assert main(["--test-shots", "5", "5", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "error: --test-shots names a shot more than once (5 5); give each once\n"
+
+
+def test_data_root_that_is_a_file_is_one_line(tmp_path, capsys):
+    from tap_fast.train import main
+
+    (tmp_path / "afile").write_text("")
+    # synthetic: was a FileExistsError traceback from generating the set in it, after the model was built
+    assert main(["--data-root", str(tmp_path / "afile"), "--out-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: --data-root {tmp_path / 'afile'} is a file, not a directory\n"
+    assert not (tmp_path / "run").exists()

@@ -176,3 +176,35 @@ def test_evaluate_on_another_root_with_its_own_split_lists(tmp_path, monkeypatch
         assert evaluate_main(args + ["--data-root", str(second), "--split-dir", str(second_lists)]) == 0
     assert "2-way 1-shot" in capsys.readouterr().out
     assert list(run.glob("index-second-*.json")) and not (tmp_path / "old_run").exists()
+
+
+def test_evaluate_refuses_a_repeated_shot(trained, monkeypatch, capsys):
+    from tap_fast import evaluate
+
+    monkeypatch.setattr(evaluate, "test_report", lambda *a, **k: pytest.fail("the meta-test ran"))
+    with pytest.raises(SystemExit) as exit_info:  # was: the 1-shot test run twice, reported once
+        evaluate_main(["--checkpoint", str(trained / "best.pt"), "--shots", "1", "1"])
+    assert exit_info.value.code == 2 and "--shots names a K more than once (1 1)" in capsys.readouterr().err
+
+
+def test_evaluate_json_under_a_file_is_named_a_file(trained, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--json", str(tmp_path / "afile" / "x.json")]) == 2
+    assert capsys.readouterr().err == f"error: --json {tmp_path / 'afile' / 'x.json'}: {tmp_path / 'afile'} is a file, " \
+                                      f"not a directory\n"
+
+
+def test_evaluate_names_weights_that_do_not_fit_the_config(trained, tmp_path, capsys):
+    """An edited or foreign checkpoint: one line naming the mismatch, not load_state_dict's key dump."""
+    checkpoint = torch.load(trained / "best.pt", weights_only=False)  # a TSN run
+    checkpoint["config"]["head"] = "tap"
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "edited.pt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'edited.pt'}: its weights do not fit the model its saved config "
+                          f"describes (head 'tap', backbone 'small': missing head.temporal.")
+    assert len(err.splitlines()) == 1
+    checkpoint["model"] = 3
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "edited.pt"), "--no-progress"]) == 2
+    assert "its 'model' entry is not a state dict (int)" in capsys.readouterr().err

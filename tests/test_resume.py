@@ -259,3 +259,41 @@ def test_first_speed_record_after_resume_counts_only_its_own_steps(data_root, tm
         train(config, RunOptions(progress=False, resume="auto"))
     speeds = [(r["episode"], r["episodes_per_s"]) for r in read_log(tmp_path / "log.jsonl", "train")]
     assert speeds == [(4, 1.0), (8, 4.0)]  # 1 step since the resume in the first interval, not 4
+
+
+def test_an_out_dir_that_cannot_hold_the_run_is_one_line(data_root, tmp_path, monkeypatch, capsys):
+    """A file, a path under a file, a read-only folder: named before the model and the data (was a
+    FileExistsError/NotADirectoryError traceback when the log was first opened)."""
+    from tap_fast import train as train_module
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out, message in [(afile, f"--out-dir {afile} is a file, not a directory"),
+                         (afile / "sub", f"--out-dir {afile / 'sub'}: {afile} is a file, not a directory")]:
+        assert train_module.main(tiny_cli_args(tiny_config(data_root, out, episodes=2, val_every=2))) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+    monkeypatch.setattr(train_module.os, "access", lambda path, mode: False)  # root writes anywhere: pretend
+    assert train_module.main(tiny_cli_args(tiny_config(data_root, tmp_path / "ro" / "run"))) == 2
+    assert capsys.readouterr().err == f"error: --out-dir {tmp_path / 'ro' / 'run'}: {tmp_path} is not writable\n"
+
+
+def test_resume_in_another_out_dir_takes_best_pt_along(data_root, uninterrupted, tmp_path):
+    """The final test reads <out-dir>/best.pt: resumed into a new --out-dir the run's best.pt comes along
+    (was 'checkpoint not found: <out-dir>/best.pt' after the training, unless a validation improved)."""
+    import shutil
+
+    reference_dir, reference = uninterrupted
+    with one_thread():  # a finished run: no step left, straight to the test
+        resumed = train(tiny_config(data_root, tmp_path / "moved", episodes=EPISODES),
+                        RunOptions(progress=False, resume=str(reference_dir / "last.pt")))
+    assert (tmp_path / "moved" / "best.pt").read_bytes() == (reference_dir / "best.pt").read_bytes()
+    assert resumed["test"] == reference["test"]
+    # last.pt alone: nothing to test at the end of its run; with episodes to go, the next validation picks one
+    (tmp_path / "alone").mkdir()
+    shutil.copy(reference_dir / "last.pt", tmp_path / "alone" / "last.pt")
+    with pytest.raises(ValueError, match="is at the end of its run .episode 12. and there is no best.pt beside it"):
+        train(tiny_config(data_root, tmp_path / "alone", episodes=EPISODES), RunOptions(progress=False, resume="auto"))
+    with one_thread():
+        train(tiny_config(data_root, tmp_path / "alone", episodes=EPISODES + 4),
+              RunOptions(progress=False, resume="auto"))
+    assert load_checkpoint(tmp_path / "alone" / "best.pt")["episode"] == EPISODES + 4
