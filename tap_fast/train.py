@@ -38,7 +38,7 @@ from tap_fast import distributed
 from tap_fast.atomic_write import write_atomic, write_text_atomic
 from tap_fast.checkpoint import load_checkpoint, load_weights, restore_rng_states, rng_states, save_atomic
 from tap_fast.config import CHOICES, HEADS, PRESETS, TrainConfig, check_value, preset
-from tap_fast.data.build import episode_dataset, episode_loader, load_index
+from tap_fast.data.build import check_split_dir_applies, episode_dataset, episode_loader, load_index
 from tap_fast.data.decode import VideoDecodeError, as_decode_error
 from tap_fast.evaluate import VAL_SEED_OFFSET, check_episodes_fit, format_report, meta_test, pick_device, test_report
 from tap_fast.interrupt import StopOnSignal
@@ -233,6 +233,7 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"--way must be >= 2 for a classification episode, got {config.way}")
     if config.crop > config.resize:
         raise ValueError(f"--crop {config.crop} is larger than --resize {config.resize} (the frame's short side)")
+    check_split_dir_applies(config)
     if config.data_root and Path(config.data_root).exists() and not Path(config.data_root).is_dir():
         # synthetic: the set would be generated into it (a FileExistsError traceback after the model is built)
         raise ValueError(f"--data-root {config.data_root} is a file, not a directory")

@@ -218,3 +218,12 @@ def test_data_root_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["--data-root", str(tmp_path / "afile"), "--out-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     assert capsys.readouterr().err == f"error: --data-root {tmp_path / 'afile'} is a file, not a directory\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_split_dir_on_the_synthetic_set_is_refused(tmp_path):
+    from tap_fast.train import parse_args, validate_config
+
+    config, _ = parse_args(["--split-dir", str(tmp_path)])
+    # the synthetic set keeps its own split: the lists were ignored without a word
+    with pytest.raises(ValueError, match=f"--split-dir {tmp_path}: the synthetic set has its own class split"):
+        validate_config(config)

@@ -208,3 +208,9 @@ def test_evaluate_names_weights_that_do_not_fit_the_config(trained, tmp_path, ca
     torch.save(checkpoint, tmp_path / "edited.pt")
     assert evaluate_main(["--checkpoint", str(tmp_path / "edited.pt"), "--no-progress"]) == 2
     assert "its 'model' entry is not a state dict (int)" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_split_lists_for_a_synthetic_run(trained, tmp_path, capsys):
+    # the synthetic set keeps its own split: the lists were ignored without a word
+    assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--split-dir", str(tmp_path)]) == 2
+    assert f"error: --split-dir {tmp_path}: the synthetic set has its own class split" in capsys.readouterr().err

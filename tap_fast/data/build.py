@@ -23,6 +23,7 @@ _decoder_choices: dict[tuple, tuple[str, str]] = {}  # (index id, requested) -> 
 def load_index(config, progress: bool = True) -> DatasetIndex:
     """The dataset index for config.dataset_format (synthetic | auto | video-folders | frame-folders);
     progress=False: no bars while the synthetic set is generated or a real root scanned."""
+    check_split_dir_applies(config)
     if config.dataset_format == "synthetic":
         from .synthetic import ensure_synthetic_dataset
 
@@ -50,6 +51,14 @@ def load_index(config, progress: bool = True) -> DatasetIndex:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     return report.index
+
+
+def check_split_dir_applies(config) -> None:
+    """A ValueError for split lists given with the synthetic set, which keeps its own class split
+    (they would be ignored without a word)."""
+    if config.dataset_format == "synthetic" and config.split_dir:
+        raise ValueError(f"--split-dir {config.split_dir}: the synthetic set has its own class split; split "
+                         "lists are read for real datasets (--dataset-format auto, video-folders or frame-folders)")
 
 
 def _check_synthetic_length(index: DatasetIndex, frames: int) -> None:
