@@ -56,7 +56,7 @@ def load_index(config, progress: bool = True) -> DatasetIndex:
 def check_split_dir_applies(config) -> None:
     """A ValueError for split lists given with the synthetic set, which keeps its own class split
     (they would be ignored without a word)."""
-    if config.dataset_format == "synthetic" and config.split_dir:
+    if config.dataset_format == "synthetic" and getattr(config, "split_dir", None):  # duck-typed configs too
         raise ValueError(f"--split-dir {config.split_dir}: the synthetic set has its own class split; split "
                          "lists are read for real datasets (--dataset-format auto, video-folders or frame-folders)")
 
