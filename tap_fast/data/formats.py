@@ -158,22 +158,18 @@ def _holds_frames(folder: Path) -> bool:
         return False
 
 
-def _entries_by_kind(root: Path) -> tuple[list[Path], list[Path]]:
-    """(video files, folders) under root/<class>/; class folders that cannot be listed are skipped
-    (scan_layout reports them)."""
-    videos, folders = [], []
+def _class_entries(root: Path) -> tuple[list[tuple[Path, Path, str]], list[tuple[str, str]]]:
+    """(class folder, entry, entry_kind) for every entry under root/<class>/ that has a kind, by class
+    then name, and the class folders that cannot be listed as (path, problem)."""
+    found, unreadable = [], []
     for class_dir in _class_dirs(root):
         try:
             entries = visible_entries(class_dir)
-        except OSError:
+        except OSError as e:
+            unreadable.append((str(class_dir), f"unreadable class folder ({e.strerror or e})"))
             continue
-        for entry in entries:
-            kind = entry_kind(entry)
-            if kind == "video":
-                videos.append(entry)
-            elif kind == "folder":
-                folders.append(entry)
-    return videos, folders
+        found += [(class_dir, entry, kind) for entry in entries if (kind := entry_kind(entry)) is not None]
+    return found, unreadable
 
 
 def detect_format(root: str | os.PathLike) -> str:
@@ -182,7 +178,9 @@ def detect_format(root: str | os.PathLike) -> str:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
-    videos, folders = _entries_by_kind(root)
+    found, _ = _class_entries(root)  # unreadable class folders: scan_layout reports them
+    videos = [entry for _, entry, kind in found if kind == "video"]
+    folders = [entry for _, entry, kind in found if kind == "folder"]
     if len(folders) >= len(videos) and any(_holds_frames(f) for f in folders):
         return "frame-folders"
     if videos:
@@ -210,19 +208,9 @@ def scan_layout(root: str | os.PathLike, fmt: str) -> Layout:
         raise ValueError(f"dataset format {fmt!r} is not one of {FORMATS}")
     root = Path(root)
     want = "video" if fmt == "video-folders" else "folder"
-    layout, other = Layout([]), []
-    for class_dir in _class_dirs(root):
-        try:
-            entries = visible_entries(class_dir)
-        except OSError as e:
-            layout.problems.append((str(class_dir), f"unreadable class folder ({e.strerror or e})"))
-            continue
-        for entry in entries:
-            kind = entry_kind(entry)
-            if kind == want:
-                layout.items.append(Item(f"{class_dir.name}/{entry.name}", class_dir.name))
-            elif kind is not None:
-                other.append(entry)
+    found, unreadable = _class_entries(root)
+    layout = Layout([Item(f"{c.name}/{entry.name}", c.name) for c, entry, kind in found if kind == want], unreadable)
+    other = [entry for _, entry, kind in found if kind != want]
     if not layout.items and not layout.problems:
         raise ValueError(_no_items_message(root, fmt))
     layout.warnings = _left_out_warnings(fmt, other)
