@@ -42,7 +42,8 @@ def launched_by_torchrun() -> bool:
 def setup(device_name: str = "auto") -> DistContext:
     """Join the process group torchrun describes (if any) and pick this rank's device.
 
-    device_name: auto | cpu | cuda | cuda:N. Under torchrun, "auto"/"cuda" mean cuda:LOCAL_RANK.
+    device_name: auto | cpu | cuda | cuda:N. Under torchrun, "auto"/"cuda" mean cuda:LOCAL_RANK;
+    cuda:N is refused when a node runs several processes (they would all take GPU N).
     """
     if not launched_by_torchrun():
         return DistContext(0, 1, 0, _single_device(device_name))
@@ -50,9 +51,20 @@ def setup(device_name: str = "auto") -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     wants_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if wants_cuda:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if device_name not in ("auto", "cuda") and local_world_size > 1:
+            # every process of this node would take the same GPU (NCCL refuses, or all share one card)
+            raise ValueError(f"--device {device_name} under torchrun with {local_world_size} processes per node "
+                             f"would put them all on one GPU; use --device cuda (each process takes "
+                             f"cuda:LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES")
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device_name}: CUDA is not available in this process")
-        device = torch.device("cuda", local_rank if device_name in ("auto", "cuda") else int(device_name[5:]))
+        index = local_rank if device_name in ("auto", "cuda") else int(device_name[5:])
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device_name}: process {rank} (LOCAL_RANK {local_rank}) needs cuda:{index}, "
+                             f"but this process sees {torch.cuda.device_count()} GPU(s); start at most that many "
+                             f"processes per node (--nproc_per_node)")
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

@@ -63,8 +63,12 @@ def support_records(root, min_frames: int, progress: bool = False) -> list[Video
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--support {root} is not a directory (expected <class>/<video> inside)")
+    try:
+        entries = visible_entries(root)
+    except OSError as e:  # unreadable (permissions): one line, as the dataset root's
+        raise ValueError(f"--support {root} cannot be listed ({e.strerror or e})") from e
     examples, empty, records, problems = [], [], [], []
-    for class_dir in (p for p in visible_entries(root) if p.is_dir()):
+    for class_dir in (p for p in entries if p.is_dir()):
         try:
             videos = videos_in(class_dir)
         except OSError as e:  # reported with the unusable videos, by path

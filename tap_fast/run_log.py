@@ -15,16 +15,19 @@ from tap_fast.atomic_write import write_text_atomic
 
 
 class RunLog:
-    def __init__(self, out_dir: str | Path, enabled: bool = True, resume_episode: int | None = None):
+    def __init__(self, out_dir: str | Path, enabled: bool = True, resume_episode: int | None = None,
+                 resumed_log: str | Path | None = None):
+        """resumed_log: the resumed run's log.jsonl when that run is in another folder (default: this
+        one's), whose records up to resume_episode start this log; its TensorBoard files stay there."""
         self.enabled = enabled
         self.path = Path(out_dir) / "log.jsonl"
         self._writer = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if resume_episode is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
+        kept, source = [], Path(resumed_log) if resumed_log is not None else self.path
+        if resume_episode is not None and source.is_file():
+            for line in source.read_text().splitlines():
                 try:
                     if json.loads(line)["episode"] <= resume_episode:
                         kept.append(line)

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="data loading processes")
     parser.add_argument("--seed", type=int, help="seed of the weights and of the training episodes (default 0)")
     parser.add_argument("--out-dir", help="where the run's files go (default runs/<head>-<preset>)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK; "
+                                         "pick GPUs with CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="autocast dtype (default auto: bf16 on CUDA, fp32 on CPU); fp16 uses a GradScaler")
     parser.add_argument("--checkpoint-every", type=int, help="optimizer steps between last.pt writes")
@@ -312,6 +313,8 @@ def train(config: TrainConfig, options: RunOptions | bool = True) -> dict:
     """Train, validate, checkpoint, meta-test; returns the summary (also written to results.json)."""
     if isinstance(options, bool):  # train(config, progress)
         options = RunOptions(progress=options)
+    if options.stop_after is not None and options.stop_after < 1:  # 0 would still train a whole step
+        raise ValueError(f"--stop-after must be >= 1 (episodes to train before stopping), got {options.stop_after}")
     validate_config(config)
     ctx = distributed.setup(config.device)
     try:
@@ -466,7 +469,9 @@ def _train(config: TrainConfig, options: RunOptions, ctx: distributed.DistContex
     if main and checkpoint is not None and best_source is not None and best_source != out_dir / "best.pt":
         with open(best_source, "rb") as source:
             write_atomic(out_dir / "best.pt", lambda f: shutil.copyfileobj(source, f))
-    log = RunLog(out_dir, enabled=main, resume_episode=start_step * global_batch if options.resume else None)
+    # resumed into another --out-dir, the log goes on from the checkpoint's (the training plot covers the whole run)
+    log = RunLog(out_dir, enabled=main, resume_episode=start_step * global_batch if options.resume else None,
+                 resumed_log=path.parent / "log.jsonl" if checkpoint is not None else None)
     timer = StepTimer(device, sync=options.profile)
     started = time.time() - state["elapsed"]
     bar = tqdm(total=total_steps * global_batch, initial=start_step * global_batch, desc="train", unit="ep",

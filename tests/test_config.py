@@ -227,3 +227,12 @@ def test_split_dir_on_the_synthetic_set_is_refused(tmp_path):
     # the synthetic set keeps its own split: the lists were ignored without a word
     with pytest.raises(ValueError, match=f"--split-dir {tmp_path}: the synthetic set has its own class split"):
         validate_config(config)
+
+
+def test_stop_after_must_be_positive(tmp_path, capsys):
+    from tap_fast.train import main
+
+    # 0 trained a whole step and wrote a checkpoint before "stopping"
+    assert main(["--stop-after", "0", "--out-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == "error: --stop-after must be >= 1 (episodes to train before stopping), got 0\n"
+    assert not (tmp_path / "run").exists()

@@ -86,3 +86,22 @@ def test_torchrun_cli(data_root, tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test"]["3-way 1-shot"]["episodes"] == 2  # split over the ranks, gathered
     assert [r["episode"] for r in read_log(tmp_path / "run" / "log.jsonl", "train")] == [2, 4]
+
+
+@pytest.mark.parametrize("device, gpus, error", [
+    ("cuda:1", 4, r"--device cuda:1 under torchrun with 2 processes per node would put them all on one GPU; "
+                  r"use --device cuda"),
+    ("cuda", 1, r"--device cuda: process 1 \(LOCAL_RANK 1\) needs cuda:1, but this process sees 1 GPU\(s\)"),
+])
+def test_torchrun_device_each_process_gets_its_own_gpu(monkeypatch, device, gpus, error):
+    """Named before the process group is joined: NCCL's own error comes from deep in a collective."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device reached"))
+    with pytest.raises(ValueError, match=error):
+        distributed.setup(device)
+    assert not dist.is_initialized()

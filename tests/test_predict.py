@@ -203,6 +203,22 @@ def test_support_broken_links_and_unreadable_folders_are_named(setup, tmp_path, 
         (str(link), f"broken symbolic link (its target {tmp_path}/elsewhere.webm does not exist)")]
 
 
+def test_an_unlistable_support_root_is_one_line(setup, monkeypatch):
+    import os
+
+    config, _, _, support, _ = setup
+    listdir = os.listdir
+
+    def unlistable(path="."):  # as a chmod 000 folder (a test run as root reads those)
+        if str(path) == str(support):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", unlistable)
+    with pytest.raises(ValueError, match=f"--support {support} cannot be listed \\(Permission denied\\)"):
+        support_records(support, config.frames)
+
+
 def test_a_video_decoding_to_fewer_frames_than_probed_is_a_one_line_error(setup, capsys):
     from tap_fast.data.index import VideoRecord
     from tap_fast.evaluate import run_reporting_errors

@@ -57,6 +57,16 @@ def test_stop_and_resume_matches_uninterrupted(data_root, uninterrupted, tmp_pat
     assert resumed["test"] == reference["test"]
 
 
+def test_resume_into_another_out_dir_matches_uninterrupted(data_root, uninterrupted, tmp_path):
+    reference_dir, reference = uninterrupted
+    with one_thread():
+        train(tiny_config(data_root, tmp_path / "first", episodes=EPISODES), RunOptions(progress=False, stop_after=5))
+        resumed = train(tiny_config(data_root, tmp_path / "second", episodes=EPISODES),
+                        RunOptions(progress=False, resume=str(tmp_path / "first" / "last.pt")))
+    _assert_same_state(resumed["final_state_dict"], reference["final_state_dict"])
+    assert _train_losses(tmp_path / "second") == _train_losses(reference_dir)  # the first folder's records too
+
+
 def test_resume_refuses_other_settings(data_root, uninterrupted, tmp_path):
     reference_dir, _ = uninterrupted
     config = tiny_config(data_root, reference_dir, episodes=EPISODES, lr=0.5)
@@ -288,6 +298,8 @@ def test_resume_in_another_out_dir_takes_best_pt_along(data_root, uninterrupted,
                         RunOptions(progress=False, resume=str(reference_dir / "last.pt")))
     assert (tmp_path / "moved" / "best.pt").read_bytes() == (reference_dir / "best.pt").read_bytes()
     assert resumed["test"] == reference["test"]
+    # and its log: the training plot covers the whole run, not only the resumed part
+    assert read_log(tmp_path / "moved" / "log.jsonl") == read_log(reference_dir / "log.jsonl")
     # last.pt alone: nothing to test at the end of its run; with episodes to go, the next validation picks one
     (tmp_path / "alone").mkdir()
     shutil.copy(reference_dir / "last.pt", tmp_path / "alone" / "last.pt")
