@@ -798,6 +798,27 @@ def test_split_entry_matching_two_videos_is_reported(tmp_path):
     assert [it.rel for it in items if it.split == "train"] == ["a/v1.mp4", "a/v1.webm"]
 
 
+def test_split_entries_match_whichever_way_accents_are_encoded(tmp_path):
+    """macOS writes names decomposed (NFD), Linux tools composed (NFC): the same name either way."""
+    import unicodedata
+
+    nfc, nfd = (lambda text, form=form: unicodedata.normalize(form, text) for form in ("NFC", "NFD"))
+    assert nfc("café") != nfd("café")
+    (tmp_path / "train.txt").write_text(f"{nfd('crème')}/{nfd('café')}.mp4\n{nfc('crème')}/{nfc('thé')}\n")
+    (tmp_path / "val.txt").write_text(nfd("élan") + "\n")
+    (tmp_path / "test.txt").write_text("t\n")
+    on_disk = [Item(f"{nfc('crème')}/{nfc('café')}.mp4", nfc("crème")),
+               Item(f"{nfc('crème')}/{nfd('thé')}.webm", nfc("crème")),  # a file copied from a Mac
+               Item(f"{nfc('élan')}/x.webm", nfc("élan")), Item("t/y", "t")]
+    items, problems = assign_splits(on_disk, tmp_path)
+    assert problems == [] and [it.split for it in items] == ["train", "train", "val", "test"]
+    assert {it.rel for it in items} == {it.rel for it in on_disk}  # the names on disk, as they are there
+    # a class listed in two lists is found whichever way each spells it
+    (tmp_path / "test.txt").write_text(nfc("élan") + "\n")
+    with pytest.raises(SplitListError, match="is listed in two split lists"):
+        read_split_lists(tmp_path)
+
+
 def test_a_non_utf8_split_list_is_named(tmp_path):
     (tmp_path / "train.txt").write_bytes("café\n".encode("latin-1"))
     (tmp_path / "val.txt").write_text("v\n")

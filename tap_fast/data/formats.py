@@ -50,6 +50,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,7 +325,7 @@ def read_split_lists(split_dir: str | os.PathLike, exists=None) -> dict[str, lis
             cls, video = next((r for r in readings if exists and exists(*r)), readings[0])
             if not cls:
                 raise SplitListError(f"{path}:{lineno}: empty class name in {raw!r}")
-            other, other_line = first_seen.setdefault(cls, (path, lineno))
+            other, other_line = first_seen.setdefault(_nfc(cls), (path, lineno))
             if other != path:
                 raise SplitListError(f"class {cls!r} is listed in two split lists, {other}:{other_line} and "
                                      f"{path}:{lineno}; few-shot splits must be disjoint by class")
@@ -365,6 +366,12 @@ def _stem(name: str) -> str:
     return os.path.splitext(name)[0] if is_video_file(name) else name
 
 
+def _nfc(name: str) -> str:
+    # one spelling of accented names: macOS writes file names (and often lists) decomposed (NFD),
+    # Linux tools composed (NFC); "café" typed either way names the same video
+    return unicodedata.normalize("NFC", name)
+
+
 def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
                   seed: int = 0) -> tuple[list[Item], list[tuple[str, str]]]:
     """Items with their split set, plus (path, reason) for split-list entries not on disk or
@@ -372,7 +379,8 @@ def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
 
     With lists, only the listed videos are used; without, every video is, by class split.
     An entry names a video by its full name or by its name without the video extension
-    (``a/v0.mp4`` finds ``v0.MP4``, a transcoded ``v0.webm`` or a frame folder ``v0``).
+    (``a/v0.mp4`` finds ``v0.MP4``, a transcoded ``v0.webm`` or a frame folder ``v0``); accented
+    names match whether composed or decomposed (NFC / NFD).
     """
     if split_dir is None:
         split_of = default_class_split([it.class_name for it in items], seed)
@@ -381,16 +389,17 @@ def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
     by_name: dict[tuple[str, str], Item] = {}
     by_stem: dict[tuple[str, str], list[Item]] = {}
     for it in items:
-        by_class.setdefault(it.class_name, []).append(it)
-        name = it.rel.rsplit("/", 1)[-1]
-        by_name[(it.class_name, name)] = it
-        by_stem.setdefault((it.class_name, _stem(name)), []).append(it)
+        cls, name = _nfc(it.class_name), _nfc(it.rel.rsplit("/", 1)[-1])
+        by_class.setdefault(cls, []).append(it)
+        by_name[(cls, name)] = it
+        by_stem.setdefault((cls, _stem(name)), []).append(it)
 
     def matches(cls: str, video: str | None) -> list[Item]:
+        cls = _nfc(cls)
         if video is None:
             return by_class.get(cls, [])
-        exact = by_name.get((cls, video))
-        return [exact] if exact else by_stem.get((cls, _stem(video)), [])
+        exact = by_name.get((cls, _nfc(video)))
+        return [exact] if exact else by_stem.get((cls, _stem(_nfc(video))), [])
 
     lists = read_split_lists(split_dir, exists=lambda cls, video: bool(matches(cls, video)))
     out, problems, seen = [], [], set()
