@@ -819,6 +819,27 @@ def test_split_entries_match_whichever_way_accents_are_encoded(tmp_path):
         read_split_lists(tmp_path)
 
 
+def test_a_listed_class_without_a_folder_names_the_nearest_one(tmp_path):
+    """Kinetics class names are shared as "air drumming" and as "air_drumming": a list written one way
+    and folders the other named every video "not found" and left the user to guess why."""
+    (tmp_path / "train.txt").write_text("air_drumming/v0\nAbseiling/v1\nzzz/v2\n")
+    (tmp_path / "val.txt").write_text("Juggling balls\n")
+    (tmp_path / "test.txt").write_text("t/missing\n")
+    on_disk = [Item("air drumming/v0.mp4", "air drumming"), Item("abseiling/v1.mp4", "abseiling"),
+               Item("juggling_ball/x.mp4", "juggling_ball"), Item("t/y.mp4", "t")]
+    _, problems = assign_splits(on_disk, tmp_path)
+    found = "split list but not found under the root"
+    assert problems == [
+        ("air_drumming/v0", f"listed in the train {found}: the root has no class folder 'air_drumming' "
+                            f"(nearest: 'air drumming')"),
+        ("Abseiling/v1", f"listed in the train {found}: the root has no class folder 'Abseiling' (nearest: 'abseiling')"),
+        ("zzz/v2", f"listed in the train {found}: the root has no class folder 'zzz'"),
+        ("Juggling balls/", f"listed in the val {found}: the root has no class folder 'Juggling balls' "
+                            f"(nearest: 'juggling_ball')"),
+        ("t/missing", f"listed in the test {found}"),  # the class is there: only the video is missing
+    ]
+
+
 def test_a_non_utf8_split_list_is_named(tmp_path):
     (tmp_path / "train.txt").write_bytes("café\n".encode("latin-1"))
     (tmp_path / "val.txt").write_text("v\n")

@@ -46,6 +46,7 @@ frame size (DatasetIndex.smallest_frames: NVDEC has minimum sizes) and how many 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -372,6 +373,15 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def _nearest_class(listed: str, classes) -> str | None:
+    """The class folder a listed class name most likely means: the same but for case, spaces /
+    underscores / hyphens (Kinetics class names are shared both ways), else a close spelling."""
+    loose = lambda name: re.sub(r"[\s_-]+", " ", name).strip().casefold()
+    same = [c for c in classes if loose(c) == loose(listed)]
+    return same[0] if same else next(iter(difflib.get_close_matches(_nfc(listed), list(classes), n=1, cutoff=0.8)),
+                                     None)
+
+
 def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
                   seed: int = 0) -> tuple[list[Item], list[tuple[str, str]]]:
     """Items with their split set, plus (path, reason) for split-list entries not on disk or
@@ -407,8 +417,10 @@ def assign_splits(items: list[Item], split_dir: str | os.PathLike | None,
         for cls, video in entries:
             found = matches(cls, video)
             if not found:
+                where = "" if _nfc(cls) in by_class else f": the root has no class folder {cls!r}" + (
+                    f" (nearest: {near!r})" if (near := _nearest_class(cls, by_class)) else "")
                 problems.append((f"{cls}/{video}" if video else f"{cls}/", "listed in the "
-                                 f"{split} split list but not found under the root"))
+                                 f"{split} split list but not found under the root{where}"))
                 continue
             if video is not None and len(found) > 1:  # v0.mp4 and v0.avi: which one was meant is unknown
                 problems.append((f"{cls}/{video}", f"listed in the {split} split list, matches several videos "
