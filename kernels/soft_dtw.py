@@ -10,6 +10,7 @@ import math
 import numbers
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from .double_backward import SOFT_DTW_HINT, first_order_only
 
@@ -97,6 +98,14 @@ def _check(cost, gamma, variant):
             raise ValueError("soft_dtw: cost contains NaN or inf")
 
 
+def _refuse_forward_ad(cost: torch.Tensor) -> None:
+    # The op has no forward-mode formula, and forward AD (torch.func.jvp, torch.autograd.forward_ad)
+    # then drops cost's tangent without a word: jvp returned zero tangents.
+    if not torch.compiler.is_compiling() and fwAD.unpack_dual(cost).tangent is not None:
+        raise NotImplementedError("soft_dtw: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
+                                  "supported, the tangent would be lost; use reverse mode (torch.autograd.grad)")
+
+
 def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> torch.Tensor:
     """Soft-DTW value of each cost matrix: cost [B, N, M] -> [B] (cost's dtype).
 
@@ -108,9 +117,11 @@ def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> tor
         horizontal steps only); the last (padded) column of (l-1, M), (l-1, M+1), (l, M);
         column 0 stays 0; result: the bottom-right cell.
     softmin_gamma(a...) = -gamma log sum exp(-a / gamma). Differentiable in cost (first
-    order); float32 or float64; CPU, and CUDA when the extension was built with it.
+    order, reverse mode: forward-mode AD and torch.func.grad raise; vmap runs); float32 or
+    float64; CPU, and CUDA when the extension was built with it.
     """
     _check(cost, gamma, variant)
+    _refuse_forward_ad(cost)
     if _C is None:
         raise RuntimeError(f"soft_dtw needs the compiled extension tap_fast._C, which failed "
                            f"to import ({_IMPORT_ERROR}); {_BUILD_HINT}")
@@ -118,5 +129,14 @@ def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> tor
         raise RuntimeError(f"soft_dtw: tap_fast._C has no kernel for device '{cost.device.type}'"
                            + ("; it was built without CUDA: " + _BUILD_HINT
                               if cost.device.type == "cuda" else ""))
-    values, _ = torch.ops.tap_fast.soft_dtw_forward(cost, float(gamma), variant)
+    try:
+        values, _ = torch.ops.tap_fast.soft_dtw_forward(cost, float(gamma), variant)
+    except RuntimeError as err:
+        # torch.func.grad / jacrev of a cost: the autograd that torch.library generates for the op
+        # does not support functorch, and its error speaks of an autograd.Function the caller never wrote.
+        if "functorch transforms" not in str(err):
+            raise
+        raise NotImplementedError("soft_dtw: torch.func grad transforms (grad, jacrev, ...) are not "
+                                  "supported (vmap is); use torch.autograd, or tap_fast.kernels.soft_dtw_reference "
+                                  "(plain PyTorch) on small inputs") from err
     return values

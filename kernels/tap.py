@@ -29,6 +29,7 @@ from contextlib import nullcontext
 from typing import Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from .tap_checks import require_tensors, validate_tap_inputs
 from .tap_prelude import prelude
@@ -110,9 +111,31 @@ def resolve_deterministic(deterministic: bool | None = None) -> bool:
     return deterministic or torch.are_deterministic_algorithms_enabled()
 
 
-def _prepare(x, y, weights, biases, budget_bytes):
+def _refuse_functorch(name: str) -> None:
+    # Under torch.func (grad, vmap, jacrev, ...) the ops' hand-written autograd nodes and the finite
+    # check fail deep inside PyTorch ("must override the setup_context staticmethod", "Batching rule not
+    # implemented for aten::_foreach_norm"): say so by name instead.
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        raise NotImplementedError(
+            f"{name}: torch.func transforms (grad, vmap, jacrev, ...) are not supported; use torch.autograd "
+            "(or tap_fast.kernels.tap_reference, plain PyTorch, on small inputs)")
+
+
+def _refuse_forward_ad(name: str, tensors) -> None:
+    # Forward-mode AD (torch.autograd.forward_ad) failed inside the finite check ("Trying to set a
+    # forward gradient that has a different size"): the ops have no forward-mode formula.  Looked at
+    # only while a dual level is open (no host cost otherwise).
+    if not torch.compiler.is_compiling() and fwAD._current_level >= 0 and any(
+            fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(f"{name}: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) is not "
+                                  "supported; use reverse mode (torch.autograd.grad)")
+
+
+def _prepare(name, x, y, weights, biases, budget_bytes):
     """Cast (under autocast) then validate; also returns the context the computation runs in."""
+    _refuse_functorch(name)
     weights, biases = require_tensors(x, y, weights, biases)
+    _refuse_forward_ad(name, (x, y, *weights, *biases))
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1:
         raise ValueError(f"budget_bytes must be a positive int (bytes), got {budget_bytes!r}")
     # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes
@@ -144,7 +167,7 @@ def tap_scores(
     TAP_FAST_DETERMINISTIC (default 1).
     """
     deterministic = resolve_deterministic(deterministic)
-    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases, budget_bytes)
+    x, y, weights, biases, widths, precision = _prepare("tap_scores", x, y, weights, biases, budget_bytes)
     backend = resolve_backend(x, widths, backend)  # named errors first, whatever the depth
     with precision:
         u, v, cos = prelude(x, y, weights, biases)
@@ -171,7 +194,7 @@ def tap_alignment(
     S is differentiable; P is computed without an autograd graph (memory-bounded, never storing the
     hidden activations).  Use tap_alignment_reference for a differentiable P on small inputs.
     """
-    x, y, weights, biases, widths, precision = _prepare(x, y, weights, biases, budget_bytes)
+    x, y, weights, biases, widths, precision = _prepare("tap_alignment", x, y, weights, biases, budget_bytes)
     backend = resolve_backend(x, widths, backend)
     with precision:
         u, v, cos = prelude(x, y, weights, biases)

@@ -282,8 +282,11 @@ def _tap_fwd_kernel(U, V, COS, W2, B2, W3, B3, W4, B4, PARTIAL, P_OUT,
                     STORE_P: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                     BH2: tl.constexpr, BH3: tl.constexpr, DOT_PREC: tl.constexpr, UV_BCAST: tl.constexpr,
                     EVEN_K: tl.constexpr, FULL_H2: tl.constexpr):
-    pid_t = tl.program_id(0)
-    pid_qs = tl.program_id(1)
+    # One grid axis: CUDA caps axes 1 and 2 at 65535 programs, which a (Q S) axis passed at Q = S = 256
+    # ("invalid argument" at launch); the tiles of one clip pair still run next to each other.
+    pid = tl.program_id(0)
+    pid_t = pid % n_tiles
+    pid_qs = pid // n_tiles
     q = pid_qs // S
     s = pid_qs % S
     i0 = (pid_t // n_jb) * BI
@@ -676,7 +679,7 @@ def _forward(u, v, cos, w2, b2, w3, b3, w4, b4, store_p: bool):
     partial = _new_output((m["n_q"], m["n_s"]) if single else (m["n_q"] * m["n_s"], n_tiles),
                           w2.dtype if single else torch.float32, u.device)
     p_out = _new_output((m["n_q"], m["n_s"], m["tq"], m["ts"]) if store_p else (1,), w2.dtype, u.device)
-    _launch(_tap_fwd_kernel, (n_tiles, m["n_q"] * m["n_s"]),
+    _launch(_tap_fwd_kernel, (n_tiles * m["n_q"] * m["n_s"],),
         u, v, cos, w2, b2, w3, b3, w4, b4, partial, p_out,
         m["n_s"], m["tq"], m["ts"], m["h1"], m["h2"], m["h3"], m["n_jb"], n_tiles, *cos.stride(),
         STORE_P=store_p, **_tile_constexprs(m, w2.dtype),

@@ -299,3 +299,32 @@ def test_cuda_wavefront_emulated(wavefront_emulator, variant, dtype):
         out, grad = run_emulator(wavefront_emulator, cost, grad_out, gamma, variant, dtype, smem)
         torch.testing.assert_close(out, ref.detach(), **tol)
         torch.testing.assert_close(grad, ref_in.grad, **tol)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "forward_ad"])
+def test_forward_mode_ad_is_refused_not_zero(mode):
+    """The op has no forward-mode formula: torch.func.jvp used to return zero tangents, silently."""
+    import torch.autograd.forward_ad as fwAD
+
+    cost = torch.rand(2, 4, 3, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="soft_dtw: forward-mode AD .* not supported"):
+        if mode == "jvp":
+            torch.func.jvp(lambda c: soft_dtw(c, 0.1), (cost,), (torch.ones_like(cost),))
+        else:
+            with fwAD.dual_level():
+                soft_dtw(fwAD.make_dual(cost, torch.ones_like(cost)), 0.1)
+    with fwAD.dual_level():  # a cost without a tangent is fine inside a dual level
+        torch.testing.assert_close(soft_dtw(cost, 0.1), soft_dtw_reference(cost, 0.1))
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev"])
+def test_torch_func_grad_is_refused_by_name(transform):
+    """torch.func.grad of a cost failed with PyTorch's "autograd.Function ... must override the setup_context
+    staticmethod" (the caller wrote none); vmap, and grad of something else, still work."""
+    cost = torch.rand(2, 4, 3, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="soft_dtw: torch.func grad transforms"):
+        getattr(torch.func, transform)(lambda c: soft_dtw(c, 0.1).sum())(cost)
+    batched = torch.func.vmap(lambda c: soft_dtw(c, 0.1, "otam"))(cost[None].expand(2, 2, 4, 3))
+    torch.testing.assert_close(batched[1], soft_dtw_reference(cost, 0.1, "otam"))
+    w = torch.ones(2, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.grad(lambda v: (v * soft_dtw(cost, 0.1)).sum())(w), soft_dtw(cost, 0.1))

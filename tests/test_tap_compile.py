@@ -44,3 +44,32 @@ def test_fused_kernels_compile_for_sm90(tmp_path):
     for r in reports:
         assert not r["over_smem_limit"], r
         assert r["wgmma"] > 0 and r["mma_sync"] == 0, f"GEMMs not on Hopper's warpgroup MMA: {r}"
+
+
+# CUDA's launch limits per grid axis (x, y, z); the interpreter has none, so a grid past them only fails
+# on a GPU ("Triton Error [CUDA]: invalid argument").
+_CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def test_fused_launch_grids_fit_cuda_limits(monkeypatch):
+    """Q * S = 65536 clip pairs (Q = S = 256, a retrieval-sized batch) used to be the forward's second grid
+    axis, past CUDA's 65535: the grids are checked here with the launches stubbed out."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from tap_fast.kernels import tap_triton
+
+    grids = []
+    monkeypatch.setattr(tap_triton, "_launch", lambda kernel, grid, *args, **kw: grids.append((kernel.base_fn.__name__,
+                                                                                                grid)))
+    n_q = n_s = 256
+    u = torch.zeros(n_q, 1, 16, requires_grad=True)
+    v = torch.zeros(n_s, 1, 16, requires_grad=True)
+    cos = torch.zeros(n_q, n_s, 1, 1, requires_grad=True)
+    weights = [torch.zeros(o, i, requires_grad=True) for o, i in ((8, 16), (4, 8), (1, 4))]
+    biases = [torch.zeros(o, requires_grad=True) for o in (8, 4, 1)]
+    scores = tap_triton.tap_pairs_triton(u, v, cos, weights, biases)
+    torch.autograd.grad(scores.sum(), [u, v, cos, *weights, *biases])
+    tap_triton.tap_p_triton(u.detach(), v.detach(), cos.detach(), weights, biases)
+    assert len(grids) == 3
+    for name, grid in grids:
+        assert all(n <= most for n, most in zip(grid, _CUDA_GRID_LIMITS)), (name, grid)

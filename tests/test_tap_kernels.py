@@ -324,3 +324,41 @@ def test_autocast_leaves_float64_in_float64():
         got = tap_scores(x, y, ws, bs)
     assert got.dtype == torch.float64
     assert rel_err(got, tap_scores_reference(x, y, ws, bs)) < 1e-12
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap"])
+@pytest.mark.parametrize("hidden", [(8, 4, 2), ()])
+@pytest.mark.parametrize("fn", [tap_scores, tap_alignment])
+def test_torch_func_transforms_are_refused_by_name(transform, hidden, fn):
+    """The README says torch.func is not supported: it used to fail inside PyTorch ("must override the
+    setup_context staticmethod", "Batching rule not implemented for aten::_foreach_norm")."""
+    x, y, ws, bs = make_tap_inputs(2, 3, 4, 5, 6, hidden, dtype=torch.float64, seed=0)
+
+    def total(a):
+        out = fn(a, y, ws, bs)
+        return (out if fn is tap_scores else out[1]).sum()
+
+    f = torch.func.grad(total) if transform == "grad" else torch.func.vmap(total)
+    with pytest.raises(NotImplementedError, match=f"{fn.__name__}: torch.func transforms .* are not supported"):
+        f(x if transform == "grad" else x[None].expand(2, *x.shape).clone())
+    # the reference is plain PyTorch and does run under torch.func
+    grad = torch.func.grad(lambda a: tap_scores_reference(a, y, ws, bs).sum())(x)
+    assert grad.shape == x.shape
+
+
+@pytest.mark.parametrize("dual", ["x", "weights[1]"])
+@pytest.mark.parametrize("fn", [tap_scores, tap_alignment])
+def test_forward_mode_ad_is_refused_by_name(dual, fn):
+    """forward_ad dual inputs used to fail inside the finite check ("Trying to set a forward gradient that
+    has a different size ..."); inputs without a tangent still run inside a dual level."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, y, ws, bs = make_tap_inputs(2, 3, 4, 5, 6, (8, 4, 2), dtype=torch.float64, seed=0)
+    with fwAD.dual_level():
+        if dual == "x":
+            args = (fwAD.make_dual(x, torch.ones_like(x)), y, ws, bs)
+        else:
+            args = (x, y, [ws[0], fwAD.make_dual(ws[1], torch.ones_like(ws[1])), *ws[2:]], bs)
+        with pytest.raises(NotImplementedError, match=f"{fn.__name__}: forward-mode AD .* not supported"):
+            fn(*args)
+        assert rel_err(tap_scores(x, y, ws, bs), tap_scores_reference(x, y, ws, bs)) < 1e-12
