@@ -27,6 +27,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                          f"(truncated, or another kind of file; {type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise ValueError(f"{path} is not a tap_fast checkpoint (no 'model'/'config' entries)")
+    if not isinstance(checkpoint["config"], dict):  # another project's {"model", "config": args}
+        raise ValueError(f"{path} is not a tap_fast checkpoint (its 'config' entry is a "
+                         f"{type(checkpoint['config']).__name__}, not the dict tap_fast.train saves)")
     return checkpoint
 
 

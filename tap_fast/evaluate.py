@@ -33,6 +33,8 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta...: the kernels and decoders have no such path
+        raise ValueError(f"--device {name}: tap_fast runs on cpu or cuda devices only (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: no CUDA GPU is available (torch.cuda.is_available() is False); "
@@ -131,7 +133,11 @@ def format_report(results: dict[str, AccuracySummary], head: str) -> str:
 
 def model_from_checkpoint(path, device):
     checkpoint = load_checkpoint(path)
-    config = TrainConfig.from_dict(checkpoint["config"])
+    try:
+        config = TrainConfig.from_dict(checkpoint["config"])
+    except ValueError as error:  # "unknown config keys" alone would not say which file holds them
+        raise ValueError(f"{path}: its saved config is not one this tap_fast reads (another project's "
+                         f"checkpoint, or a newer tap_fast's?): {error}") from None
     model = build_model(config.replace(backbone_weights=None))  # the checkpoint holds every weight
     load_weights(model, checkpoint, path)
     return model.to(device), config
@@ -150,6 +156,8 @@ def open_checkpoint(args) -> tuple[torch.nn.Module, TrainConfig, torch.device]:
     device = pick_device(args.device)
     if args.json:
         check_json_path(args.json)
+        if Path(args.json).resolve() == Path(args.checkpoint).resolve():  # the results would replace the weights
+            raise ValueError(f"--json {args.json} is the checkpoint itself; name another file")
     model, config = model_from_checkpoint(args.checkpoint, device)
     return model, config, device
 
@@ -169,6 +177,8 @@ def main(argv=None) -> int:
                                             "else <data root>/splits when present, else the 64/12/24 class split)")
     parser.add_argument("--bad-video-policy", choices=CHOICES["bad_video_policy"],
                         help="fail on unusable videos, or skip them (default: the run's)")
+    parser.add_argument("--decoder", choices=CHOICES["decoder"],
+                        help="video/frame decoder (default: the run's; auto picks by GPU and codec)")
     add_run_options(parser, json_help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.shots and len(set(args.shots)) < len(args.shots):  # the same test run twice, reported once
@@ -183,6 +193,8 @@ def main(argv=None) -> int:
             # would otherwise quietly generate a whole new dataset in it
             if not Path(args.data_root).is_dir():
                 raise ValueError(f"--data-root {args.data_root} is not a directory")
+            if config.dataset_format == "synthetic":
+                check_synthetic_copy(config, args.data_root)
             config = config.replace(data_root=os.path.abspath(args.data_root))
             if config.split_dir and not args.split_dir:  # say so: they may list another dataset's classes
                 print(f"evaluate: using the run's split lists {config.split_dir} (--split-dir to use others)",
@@ -193,6 +205,11 @@ def main(argv=None) -> int:
             config = config.replace(split_dir=os.path.abspath(args.split_dir))
         if args.bad_video_policy:
             config = config.replace(bad_video_policy=args.bad_video_policy)
+        if args.decoder:
+            config = config.replace(decoder=args.decoder)
+        elif config.decoder != "auto":  # say so: a run forced to dali-gpu met a machine without a GPU
+            print(f"evaluate: using the run's decoder {config.decoder} (--decoder to choose another)",
+                  file=sys.stderr)
         # an index cache that cannot go beside a read-only root goes beside the checkpoint, not into
         # the training run's out_dir (which may have moved, or be relative to another directory)
         config = config.replace(out_dir=str(Path(args.checkpoint).resolve().parent))
@@ -206,8 +223,10 @@ def main(argv=None) -> int:
         return code
     config, results = outcome
     print(format_report(results, config.head))
-    if args.json:
-        write_text_atomic(args.json, json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
+    if args.json:  # what was measured, with what: results alone would not tell a val run from a test run
+        write_text_atomic(args.json, json.dumps(
+            {"checkpoint": os.path.abspath(args.checkpoint), "head": config.head, "split": args.split,
+             "results": {k: vars(v) for k, v in results.items()}}, indent=2))
     return 0
 
 
@@ -238,6 +257,18 @@ def check_json_path(path: str) -> None:
         raise ValueError(f"--json {path}: the directory {folder} is not writable")
     if Path(path).is_dir():
         raise ValueError(f"--json {path} is a directory; name a file in it")
+
+
+def check_synthetic_copy(config: TrainConfig, root: str) -> None:
+    """A ValueError unless root holds the run's synthetic set: load_index would generate a new one
+    there (2,000 videos written into, say, the user's own dataset) and report on it as if on root."""
+    from tap_fast.data.build import synthetic_set_dir
+
+    expected = synthetic_set_dir(config.replace(data_root=root))
+    if not (expected / "manifest.json").is_file():
+        raise ValueError(f"--data-root {root} holds no {expected.name}/, the synthetic set this run was trained "
+                         f"and is tested on (evaluate does not generate it there); to label other videos with "
+                         f"this model, use python -m tap_fast.predict")
 
 
 def _positive_int(text: str, least: int = 1) -> int:

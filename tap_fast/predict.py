@@ -97,7 +97,7 @@ def support_records(root, min_frames: int, progress: bool = False) -> list[Video
     return records
 
 
-def query_records(paths, min_frames: int) -> list[VideoRecord]:
+def query_records(paths, min_frames: int, progress: bool = False) -> list[VideoRecord]:
     """Every video a --query argument names: a video file, a frame folder, or a folder holding
     video files or frame folders (one level; loose images beside them are not a video);
     BadVideoError naming every unusable or too-short one."""
@@ -122,7 +122,9 @@ def query_records(paths, min_frames: int) -> list[VideoRecord]:
             raise ValueError(f"--query {path}: holds no video files and no frame folders (folders are "
                              f"read one level deep: name its subfolders, e.g. {path}/*)")
     records, problems = [], []
-    for path in dict.fromkeys(Path(os.path.abspath(p)) for p in found):  # a video named twice is labelled once
+    unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in found))  # a video named twice is labelled once
+    for path in tqdm(unique, desc="query", unit="video", leave=False, dynamic_ncols=True,
+                     disable=not progress or len(unique) < 50):  # as the support's: a folder of clips takes a while
         frames, problem = _probe(path, min_frames)
         if problem:
             problems.append((str(path), problem))
@@ -180,7 +182,7 @@ def class_scores(model, clips: EvalClips, support: list[VideoRecord], query: lis
 def predict(model, config, support_root, query_paths, device, progress: bool = False) -> list[Prediction]:
     """One Prediction per query video (in the order given, folders expanded by name)."""
     support = support_records(support_root, config.frames, progress=progress)
-    query = query_records(query_paths, config.frames)
+    query = query_records(query_paths, config.frames, progress=progress)
     labelled = {r.path.resolve(): r.class_name for r in support}
     for record in query:
         if record.path.resolve() in labelled:  # allowed (a sanity check), but its score is no test

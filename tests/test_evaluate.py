@@ -61,7 +61,7 @@ def test_evaluate_cli_reports_and_names_a_missing_checkpoint(trained, tmp_path, 
     out = capsys.readouterr()
     assert "3-way 1-shot" in out.out
     assert "it/s" not in out.err and "episode/s" not in out.err  # --no-progress: no bars
-    assert json.loads((tmp_path / "eval.json").read_text())["3-way 1-shot"]["episodes"] == 3
+    assert json.loads((tmp_path / "eval.json").read_text())["results"]["3-way 1-shot"]["episodes"] == 3
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
     assert evaluate_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
@@ -214,3 +214,86 @@ def test_evaluate_refuses_split_lists_for_a_synthetic_run(trained, tmp_path, cap
     # the synthetic set keeps its own split: the lists were ignored without a word
     assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--split-dir", str(tmp_path)]) == 2
     assert f"error: --split-dir {tmp_path}: the synthetic set has its own class split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_evaluate_refuses_a_device_it_has_no_path_for(trained, device, capsys):
+    # was: a traceback from model.to("mps"), or from .item() on meta tensors after the data was loaded
+    assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--device", device, "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: --device {device}: tap_fast runs on cpu or cuda devices only " \
+                                      f"(auto, cpu, cuda or cuda:N)\n"
+
+
+def test_evaluate_names_a_checkpoint_from_another_project(tmp_path, capsys):
+    """{"model", "config"} is a common layout: a config that is an argparse Namespace was a TypeError
+    traceback, a dict of other keys an "unknown config keys" error that named no file."""
+    import argparse
+
+    weights = {"fc.weight": torch.zeros(2, 2)}
+    torch.save({"model": weights, "config": argparse.Namespace(lr=0.1)}, tmp_path / "namespace.pt")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "namespace.pt"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'namespace.pt'} is not a tap_fast checkpoint (its " \
+                                      f"'config' entry is a Namespace, not the dict tap_fast.train saves)\n"
+    torch.save({"model": weights, "config": {"lr": 0.1, "arch": "resnet18"}}, tmp_path / "other.pt")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "other.pt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'other.pt'}: its saved config is not one this tap_fast reads")
+    assert err.endswith("unknown config keys: ['arch']\n")
+
+
+def test_evaluate_json_never_replaces_the_checkpoint(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from tap_fast import evaluate
+
+    monkeypatch.setattr(evaluate, "test_report", lambda *a, **k: pytest.fail("the meta-test ran"))
+    best = shutil.copy(trained / "best.pt", tmp_path / "best.pt")
+    (tmp_path / "link.json").symlink_to(best)
+    for target in (best, tmp_path / "link.json"):  # was: the weights overwritten by the results
+        assert evaluate_main(["--checkpoint", str(best), "--json", str(target), "--no-progress"]) == 2
+        assert capsys.readouterr().err == f"error: --json {target} is the checkpoint itself; name another file\n"
+    assert torch.load(best, weights_only=False)["model"]
+
+
+def test_evaluate_json_says_what_it_measured(trained, tmp_path, capsys):
+    # was: only {"3-way 1-shot": {...}}, the same for a val run as for a test run of any checkpoint
+    with one_thread():
+        assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--split", "val", "--episodes", "2",
+                              "--json", str(tmp_path / "val.json"), "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "val.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "results"} == {
+        "checkpoint": str(trained / "best.pt"), "head": "tsn", "split": "val"}
+    assert list(saved["results"]) == ["3-way 1-shot"] and saved["results"]["3-way 1-shot"]["episodes"] == 2
+
+
+def test_evaluate_decoder_overrides_the_runs(trained, tmp_path, monkeypatch, capsys):
+    """A run forced to --decoder dali-gpu, evaluated on a machine without a GPU: the error named a
+    --decoder option that evaluate did not have."""
+    checkpoint = torch.load(trained / "best.pt", weights_only=False)
+    checkpoint["config"]["decoder"] = "dali-gpu"
+    torch.save(checkpoint, tmp_path / "dali.pt")
+    args = ["--checkpoint", str(tmp_path / "dali.pt"), "--device", "cpu", "--episodes", "2", "--no-progress"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert evaluate_main(args) == 2
+    err = capsys.readouterr().err
+    assert "evaluate: using the run's decoder dali-gpu (--decoder to choose another)" in err
+    assert "error: --decoder dali-gpu needs" in err
+    with one_thread():
+        assert evaluate_main(args + ["--decoder", "pyav"]) == 0
+    out = capsys.readouterr()
+    assert "3-way 1-shot" in out.out and "using the run's decoder" not in out.err
+
+
+def test_evaluate_of_a_synthetic_run_never_generates_in_another_root(trained, data_root, tmp_path, capsys):
+    # was: a new synthetic set written into the folder named (say the user's own dataset), then
+    # "evaluated on" it: the report looked like one on that dataset
+    (tmp_path / "my_videos" / "waving").mkdir(parents=True)
+    args = ["--checkpoint", str(trained / "best.pt"), "--episodes", "2", "--no-progress", "--data-root"]
+    assert evaluate_main(args + [str(tmp_path / "my_videos")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data-root {tmp_path / 'my_videos'} holds no synthetic-v")
+    assert "use python -m tap_fast.predict" in err
+    assert sorted(p.name for p in (tmp_path / "my_videos").iterdir()) == ["waving"]
+    with one_thread():  # where the set is (moved, or as here where it was made): evaluated
+        assert evaluate_main(args + [str(data_root)]) == 0
+    assert "3-way 1-shot" in capsys.readouterr().out

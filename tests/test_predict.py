@@ -263,3 +263,25 @@ def test_cli_names_a_bad_checkpoint(setup, tmp_path, capsys):
     code, err = _run(["--checkpoint", str(tmp_path / "garbage.pt"), "--support", str(support), "--query", video],
                      capsys)
     assert code == 2 and "not a complete file written by torch.save" in err
+
+
+def test_query_probing_shows_a_progress_bar(setup, tmp_path, capsys):
+    # as the support's: a folder of many clips was probed without a word
+    _, _, checkpoint, support, queries = setup
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    video = queries["cross_right_to_left"][0].path
+    for k in range(50):  # 50 names, one small file
+        (folder / f"clip_{k:02d}{video.suffix}").symlink_to(video)
+    with one_thread():
+        assert main(["--checkpoint", str(checkpoint), "--support", str(support), "--query", str(folder)]) == 0
+    assert "query: " in capsys.readouterr().err
+
+
+def test_cli_json_never_replaces_the_checkpoint(setup, tmp_path, capsys):
+    _, _, checkpoint, support, queries = setup
+    best = shutil.copy(checkpoint, tmp_path / "best.pt")
+    code, err = _run(["--checkpoint", str(best), "--support", str(support), "--query",
+                      str(queries["cross_right_to_left"][0].path), "--json", str(best)], capsys)
+    assert code == 2 and err == f"error: --json {best} is the checkpoint itself; name another file\n"
+    assert torch.load(best, weights_only=False)["model"]

@@ -27,9 +27,7 @@ def load_index(config, progress: bool = True) -> DatasetIndex:
     if config.dataset_format == "synthetic":
         from .synthetic import ensure_synthetic_dataset
 
-        sizes = {k: getattr(config, f"synthetic_{k}") for k in ("videos_per_class", "frames", "size", "families")
-                 if hasattr(config, f"synthetic_{k}")}  # config.synthetic_*: tiny sets for tests
-        root = ensure_synthetic_dataset(root=config.data_root, seed=0, progress=progress, **sizes)
+        root = ensure_synthetic_dataset(root=config.data_root, seed=0, progress=progress, **_synthetic_sizes(config))
         index = DatasetIndex.load(Path(root) / "index.jsonl" if Path(root).is_dir() else root)
         _check_synthetic_length(index, config.frames)
         return index
@@ -59,6 +57,18 @@ def check_split_dir_applies(config) -> None:
     if config.dataset_format == "synthetic" and getattr(config, "split_dir", None):  # duck-typed configs too
         raise ValueError(f"--split-dir {config.split_dir}: the synthetic set has its own class split; split "
                          "lists are read for real datasets (--dataset-format auto, video-folders or frame-folders)")
+
+
+def synthetic_set_dir(config) -> Path:
+    """The directory load_index reads (or would generate) the synthetic set of config in."""
+    from .synthetic import synthetic_dataset_dir
+
+    return synthetic_dataset_dir(config.data_root, seed=0, **_synthetic_sizes(config))
+
+
+def _synthetic_sizes(config) -> dict:
+    return {k: getattr(config, f"synthetic_{k}") for k in ("videos_per_class", "frames", "size", "families")
+            if hasattr(config, f"synthetic_{k}")}  # config.synthetic_*: tiny sets for tests
 
 
 def _check_synthetic_length(index: DatasetIndex, frames: int) -> None:

@@ -414,6 +414,14 @@ def dataset_dir_name(seed: int, videos_per_class: int, frames: int, size: int, c
     return name
 
 
+def synthetic_dataset_dir(root: str | os.PathLike | None = None, seed: int = 0, videos_per_class: int = 20,
+                          frames: int = 32, size: int = 64, families: Sequence[str] | None = None,
+                          classes: Sequence[str] | None = None) -> Path:
+    """Where ensure_synthetic_dataset with these arguments keeps the set, generated or not."""
+    parent = Path(root).expanduser() if root is not None else default_data_root()
+    return parent / dataset_dir_name(seed, videos_per_class, frames, size, _resolve_classes(families, classes))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -458,8 +466,8 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 
         if v > SYNTHETIC_MAX:
             raise ValueError(f"{name} must be <= {SYNTHETIC_MAX} for the synthetic set, got {v}")
     names = _resolve_classes(families, classes)
-    parent = Path(root).expanduser() if root is not None else default_data_root()
-    final = parent / dataset_dir_name(seed, videos_per_class, frames, size, names)
+    final = synthetic_dataset_dir(root, seed, videos_per_class, frames, size, classes=names)
+    parent = final.parent
     index_path = final / "index.jsonl"
     if (final / "manifest.json").is_file() and index_path.is_file():
         return index_path
