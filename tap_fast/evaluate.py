@@ -222,6 +222,7 @@ def main(argv=None) -> int:
     if code:
         return code
     config, results = outcome
+    print(f"meta-test on the {args.split} split, {args.checkpoint}:")  # a val table looks like a test one
     print(format_report(results, config.head))
     if args.json:  # what was measured, with what: results alone would not tell a val run from a test run
         write_text_atomic(args.json, json.dumps(

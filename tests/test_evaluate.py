@@ -59,7 +59,7 @@ def test_evaluate_cli_reports_and_names_a_missing_checkpoint(trained, tmp_path, 
         assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--episodes", "3",
                               "--json", str(tmp_path / "eval.json"), "--no-progress"]) == 0
     out = capsys.readouterr()
-    assert "3-way 1-shot" in out.out
+    assert "3-way 1-shot" in out.out and f"meta-test on the test split, {trained / 'best.pt'}:" in out.out
     assert "it/s" not in out.err and "episode/s" not in out.err  # --no-progress: no bars
     assert json.loads((tmp_path / "eval.json").read_text())["results"]["3-way 1-shot"]["episodes"] == 3
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically

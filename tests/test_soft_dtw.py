@@ -301,6 +301,7 @@ def test_cuda_wavefront_emulated(wavefront_emulator, variant, dtype):
         torch.testing.assert_close(grad, ref_in.grad, **tol)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch.func.jvp's own import
 @pytest.mark.parametrize("mode", ["jvp", "forward_ad"])
 def test_forward_mode_ad_is_refused_not_zero(mode):
     """The op has no forward-mode formula: torch.func.jvp used to return zero tangents, silently."""
