@@ -492,3 +492,10 @@ def test_autotune_candidates_are_pruned_by_width_and_tile_height():
     split = [triton.Config({"BK": 16, "BKB": 16}, num_warps=8), triton.Config({"BK": 16, "BKB": 64}, num_warps=8)]
     assert [c.kwargs["BKB"] for c in tap_triton._prune_configs(split, {"H1": 20}, BI=2, BJ=8)] == [16]
     assert [c.kwargs["BKB"] for c in tap_triton._prune_configs(split, {"H1": 40}, BI=2, BJ=8)] == [16, 64]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA's 65535 cap on grid axes 1 and 2 exists only on a GPU")
+def test_more_clip_pairs_than_a_grid_axis_holds():
+    """Q = S = 257 (66049 clip pairs, past the 65535 programs CUDA allows on a second grid axis):
+    forward and gradients still match the float64 reference (the launch grids are one-dimensional)."""
+    _check_forward_and_all_grads(torch.float32, FP32_TOL, (257, 257, 2, 3, 8, (16, 8, 4)))
