@@ -1,4 +1,4 @@
-"""Compile the fused TAP kernels for a GPU architecture on a machine without one, and report what the
+r"""Compile the fused TAP kernels for a GPU architecture on a machine without one, and report what the
 compiler made of them: registers, spills (and how many spill instructions sit inside innermost
 loops, where they cost on every K-step), the main K-loop's length in instructions per thread,
 shared memory against the architecture's limit, and whether the GEMMs became Hopper warpgroup MMAs
@@ -188,7 +188,8 @@ def to_markdown(reports: list[KernelReport], header: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # the whole docstring (raw: its example keeps its line continuation): its first line stops mid-sentence
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=positive_int, default=90, help="compute capability: 90 (H100/H200), 80 (A100)")
     parser.add_argument("--tq", type=positive_int, nargs="+", default=[32, 64], help="clip lengths (tile shapes follow them)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")

@@ -36,8 +36,10 @@ def load_rows(paths, x_param: str) -> tuple[list[dict], dict]:
     rows, machine = [], {}
     for path in paths:
         data = read_json(path, "pytest-benchmark JSON (--benchmark-json), an object")
+        if "benchmarks" not in data:  # another script's JSON (compile_report, host_cost, ...), not an empty run
+            raise InputError(f'{path} has no "benchmarks" list: not pytest-benchmark JSON (--benchmark-json)')
         machine = machine or data.get("machine_info", {})
-        benchmarks = data.get("benchmarks", [])
+        benchmarks = data["benchmarks"]
         if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
             raise InputError(f'{path}: "benchmarks" must be a list of objects')
         for b in benchmarks:
@@ -73,9 +75,12 @@ def header_values(rows) -> dict[str, list[str]]:
     return values
 
 
+def _extra_columns(rows) -> list[str]:
+    return sorted({k for r in rows for k, v in r["extra"].items()
+                   if k not in SKIP_COLUMNS and isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
 def markdown(rows, x_param: str, title: str) -> str:
-    extra_cols = sorted({k for r in rows for k, v in r["extra"].items()
-                         if k not in SKIP_COLUMNS and isinstance(v, (int, float)) and not isinstance(v, bool)})
     lines = [f"# {title}", ""]
     for key, values in header_values(rows).items():
         lines.append(f"- {key}: {'; '.join(values)}")
@@ -83,6 +88,8 @@ def markdown(rows, x_param: str, title: str) -> str:
     for r in rows:
         by_group[r["group"]].append(r)
     for group in sorted(by_group):
+        # the group's own columns: a whole run's file mixes suites, and each suite's columns elsewhere are empty
+        extra_cols = _extra_columns(by_group[group])
         lines += ["", f"## {group}", "", "| " + " | ".join(["series", x_param, "time (ms)", *extra_cols]) + " |",
                   "|---" * (3 + len(extra_cols)) + "|"]
         for r in sorted(by_group[group], key=lambda r: (r["series"], r["x"] if r["x"] is not None else 0)):
@@ -103,23 +110,36 @@ def plot(rows, x_param: str, title: str, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     groups = sorted({r["group"] for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    # at most three panels a row: a whole run has 6 (CPU) or more groups, one strip of them is unreadable
+    ncols = min(3, len(groups))
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    # a log2 axis only for positive numbers: --x decoder (strings) plots categories
+    numeric = all(isinstance(r["x"], (int, float)) and not isinstance(r["x"], bool) and r["x"] > 0 for r in rows)
+    for ax, group in zip(axes.flat, groups):
         series = defaultdict(list)
         for r in rows:
             if r["group"] == group:
                 series[r["series"]].append((r["x"], r["time_ms"]))
         for label, pts in sorted(series.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_xscale("log", base=2)
+            if numeric:
+                pts.sort()
+            ax.plot([p[0] if numeric else str(p[0]) for p in pts], [p[1] for p in pts], marker="o", label=label)
+        if numeric:
+            ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(x_param)
         ax.set_ylabel("time (ms)")
         ax.set_title(group)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
+    # the PNG names its device and commit, as the markdown's header does (it may travel without it)
+    where = header_values(rows)
+    names = (["; ".join(where["device"])] if "device" in where else []) + \
+        (["commit " + ", ".join(where["commit"])] if "commit" in where else [])
+    fig.suptitle(f"{title} ({', '.join(names)})" if names else title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -74,6 +74,7 @@ def test_report_plots_only_rows_with_the_x_parameter(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"), ("not json", "is not JSON"), ("[]", "holds an array"),
     ('{"benchmarks": []}', "no benchmarks in"), ('{"benchmarks": [{"name": "x"}]}', "neither extra_info.time_ms"),
+    ('{"reports": [], "arch": 90}', 'has no "benchmarks" list: not pytest-benchmark JSON'),  # another script's JSON
 ])
 def test_report_bad_inputs_give_one_line_errors(tmp_path, capsys, content, message):
     path = tmp_path / "in.json"
@@ -83,6 +84,65 @@ def test_report_bad_inputs_give_one_line_errors(tmp_path, capsys, content, messa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def _plotted_figure(monkeypatch):
+    """The figure report.plot draws (kept from savefig, which plot calls before closing it)."""
+    from matplotlib.figure import Figure
+
+    saved, real_savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig) or real_savefig(fig, *a, **k))
+    return saved
+
+
+def test_report_plot_names_device_and_commit_and_wraps_many_groups(tmp_path, monkeypatch):
+    """The PNG names its device and commit (README: each result file does), and a whole run's many
+    groups wrap into rows of panels instead of one strip thousands of pixels wide."""
+    groups = [f"g{i}" for i in range(7)]
+    benchmarks = [_bench(f"t[{g}-{t}]", {"T": t, "impl": "fused"},
+                         {"device": "CPU (x86_64, 2 threads)", "commit": "abc1234", "time_ms": 1.0 * t}, group=g)
+                  for g in groups for t in (4, 8)]
+    rows, _ = report.load_rows([_results(tmp_path, "r.json", benchmarks)], "T")
+    saved = _plotted_figure(monkeypatch)
+    assert report.plot(rows, "T", "run", tmp_path / "p.png")
+    fig = saved[0]
+    title = fig._suptitle.get_text()
+    assert "run" in title and "CPU (x86_64, 2 threads)" in title and "abc1234" in title, title
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == len(groups) and len({round(ax.get_position().x0, 3) for ax in shown}) <= 3
+    assert fig.get_size_inches()[0] <= 16  # at most three 5-inch panels side by side
+
+
+def test_report_plot_of_a_text_parameter_is_not_a_log_axis(tmp_path, monkeypatch):
+    """--x decoder (strings) plots categories: a log2 axis labelled 2^0, 2^1 for them meant nothing."""
+    benchmarks = [_bench(f"d[{d}]", {"decoder": d}, {"device": "cpu", "clips_per_s": 1.0}, mean=m)
+                  for d, m in (("pyav", 0.2), ("pyav-cached", 0.03), ("dali-cpu", 0.1))]
+    rows, _ = report.load_rows([_results(tmp_path, "d.json", benchmarks)], "decoder")
+    saved = _plotted_figure(monkeypatch)
+    assert report.plot(rows, "decoder", "t", tmp_path / "p.png")
+    ax = saved[0].axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_yscale() == "log"
+    assert {t.get_text() for t in ax.get_xticklabels()} == {"pyav", "pyav-cached", "dali-cpu"}
+
+
+def test_report_tables_show_only_their_groups_columns(tmp_path):
+    """A whole run mixes suites: each group's table has the columns its rows record, not every suite's."""
+    decode = [_bench("d[pyav]", {"decoder": "pyav"}, {"clips_per_s": 100.0, "crop": 56})]
+    tap = [_bench("t[4]", {"T": 4, "impl": "fused"}, {"time_ms": 2.0, "tflops": 0.1}, group="tap")]
+    rows, _ = report.load_rows([_results(tmp_path, "r.json", decode + tap)], "T")
+    text = report.markdown(rows, "T", "run")
+    assert "| series | T | time (ms) | clips_per_s | crop |\n" in text
+    assert "| series | T | time (ms) | tflops |\n|---|---|---|---|\n| impl=fused | 4 | 2 | 0.1 |" in text
+
+
+def test_compile_report_help_has_the_whole_description():
+    """--help's description was the docstring's first line, cut mid-sentence ("...and report what the")."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "compile_report.py"), "--help"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "what the\ncompiler made of them" in run.stdout and "python bench/compile_report.py --tq" in run.stdout
+    assert "128/broadcast \\\n        --out" in run.stdout  # the example's line continuation kept
 
 
 def test_compile_report_refuses_bad_variant_names_before_compiling():
