@@ -12,10 +12,22 @@ import functools
 import torch
 import torch.utils._pytree as pytree
 
-__all__ = ["first_order_only", "TAP_HINT", "SOFT_DTW_HINT"]
+__all__ = ["first_order_only", "refuse_forward_ad", "TAP_HINT", "SOFT_DTW_HINT"]
 
 TAP_HINT = "tap_fast.kernels.tap_reference.tap_scores_reference is plain PyTorch and has them (small inputs)"
 SOFT_DTW_HINT = "tap_fast.kernels.soft_dtw_reference.soft_dtw_reference is plain PyTorch and has them (small inputs)"
+
+
+def refuse_forward_ad(name: str, tensors) -> None:
+    """NotImplementedError naming the op when an input carries a forward-mode tangent: the ops have no
+    forward-mode formula, and forward AD then drops the tangent (soft_dtw's jvp gave zeros) or fails
+    deep inside PyTorch.  Looked at only while a dual level is open (no host cost otherwise)."""
+    import torch.autograd.forward_ad as fwAD
+
+    if not torch.compiler.is_compiling() and fwAD._current_level >= 0 and any(
+            fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(f"{name}: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) is not "
+                                  "supported; use reverse mode (torch.autograd.grad)")
 
 
 def _message(name: str, hint: str) -> str:

@@ -10,9 +10,8 @@ import math
 import numbers
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
-from .double_backward import SOFT_DTW_HINT, first_order_only
+from .double_backward import SOFT_DTW_HINT, first_order_only, refuse_forward_ad
 
 try:  # importing the extension registers torch.ops.tap_fast.*
     from tap_fast import _C  # noqa: F401
@@ -98,14 +97,6 @@ def _check(cost, gamma, variant):
             raise ValueError("soft_dtw: cost contains NaN or inf")
 
 
-def _refuse_forward_ad(cost: torch.Tensor) -> None:
-    # The op has no forward-mode formula, and forward AD (torch.func.jvp, torch.autograd.forward_ad)
-    # then drops cost's tangent without a word: jvp returned zero tangents.
-    if not torch.compiler.is_compiling() and fwAD.unpack_dual(cost).tangent is not None:
-        raise NotImplementedError("soft_dtw: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
-                                  "supported, the tangent would be lost; use reverse mode (torch.autograd.grad)")
-
-
 def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> torch.Tensor:
     """Soft-DTW value of each cost matrix: cost [B, N, M] -> [B] (cost's dtype).
 
@@ -121,7 +112,7 @@ def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> tor
     float64; CPU, and CUDA when the extension was built with it.
     """
     _check(cost, gamma, variant)
-    _refuse_forward_ad(cost)
+    refuse_forward_ad("soft_dtw", (cost,))
     if _C is None:
         raise RuntimeError(f"soft_dtw needs the compiled extension tap_fast._C, which failed "
                            f"to import ({_IMPORT_ERROR}); {_BUILD_HINT}")

@@ -29,8 +29,8 @@ from contextlib import nullcontext
 from typing import Sequence
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
+from .double_backward import refuse_forward_ad
 from .tap_checks import require_tensors, validate_tap_inputs
 from .tap_prelude import prelude
 from .tap_torch import DEFAULT_BUDGET_BYTES, tap_p_torch, tap_pairs_torch
@@ -121,21 +121,11 @@ def _refuse_functorch(name: str) -> None:
             "(or tap_fast.kernels.tap_reference, plain PyTorch, on small inputs)")
 
 
-def _refuse_forward_ad(name: str, tensors) -> None:
-    # Forward-mode AD (torch.autograd.forward_ad) failed inside the finite check ("Trying to set a
-    # forward gradient that has a different size"): the ops have no forward-mode formula.  Looked at
-    # only while a dual level is open (no host cost otherwise).
-    if not torch.compiler.is_compiling() and fwAD._current_level >= 0 and any(
-            fwAD.unpack_dual(t).tangent is not None for t in tensors):
-        raise NotImplementedError(f"{name}: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) is not "
-                                  "supported; use reverse mode (torch.autograd.grad)")
-
-
 def _prepare(name, x, y, weights, biases, budget_bytes):
     """Cast (under autocast) then validate; also returns the context the computation runs in."""
     _refuse_functorch(name)
     weights, biases = require_tensors(x, y, weights, biases)
-    _refuse_forward_ad(name, (x, y, *weights, *biases))
+    refuse_forward_ad(name, (x, y, *weights, *biases))
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1:
         raise ValueError(f"budget_bytes must be a positive int (bytes), got {budget_bytes!r}")
     # cast before validating: under autocast the inputs legitimately arrive in mixed dtypes

@@ -81,8 +81,7 @@ def support_records(root, min_frames: int, progress: bool = False) -> list[Video
     if not examples and not problems:
         raise ValueError(f"--support {root} holds no class folders: expected {root}/<class>/<video>.mp4 "
                          f"or {root}/<class>/<video>/<frame>.jpg")
-    for class_name, path in tqdm(examples, desc="support", unit="video", leave=False, dynamic_ncols=True,
-                                 disable=not progress or len(examples) < 50):
+    for class_name, path in _probing(examples, "support", progress):
         frames, problem = _probe(path, min_frames)
         if problem:
             problems.append((str(path), problem))
@@ -95,6 +94,11 @@ def support_records(root, min_frames: int, progress: bool = False) -> list[Video
         raise ValueError(f"--support {root} holds {len(classes)} class ({', '.join(classes)}); "
                          f"a prediction needs at least two classes to choose among")
     return records
+
+
+def _probing(items: list, desc: str, progress: bool):
+    """items, with a bar while they are probed (from 50 videos: a folder of clips takes a while)."""
+    return tqdm(items, desc=desc, unit="video", leave=False, dynamic_ncols=True, disable=not progress or len(items) < 50)
 
 
 def query_records(paths, min_frames: int, progress: bool = False) -> list[VideoRecord]:
@@ -123,8 +127,7 @@ def query_records(paths, min_frames: int, progress: bool = False) -> list[VideoR
                              f"read one level deep: name its subfolders, e.g. {path}/*)")
     records, problems = [], []
     unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in found))  # a video named twice is labelled once
-    for path in tqdm(unique, desc="query", unit="video", leave=False, dynamic_ncols=True,
-                     disable=not progress or len(unique) < 50):  # as the support's: a folder of clips takes a while
+    for path in _probing(unique, "query", progress):
         frames, problem = _probe(path, min_frames)
         if problem:
             problems.append((str(path), problem))
