@@ -104,8 +104,8 @@ def host_cost(q: int, s: int, t: int, backward: bool, batches: int = 15, calls: 
         for _ in range(20):  # warm-up: lazy imports, caches
             call()
         best = float("inf")
+        launched.clear()  # over every timed call, so the fastest batch's calls are among them
         for _ in range(batches):
-            launched.clear()
             t0 = time.perf_counter()
             for _ in range(calls):
                 call()
