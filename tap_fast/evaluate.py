@@ -18,6 +18,7 @@ from tap_fast.checkpoint import load_checkpoint, load_weights
 from tap_fast.config import CHOICES, TrainConfig
 from tap_fast.data.build import episode_dataset, load_index
 from tap_fast.data.decode import as_decode_error
+from tap_fast.interrupt import report_interrupted
 from tap_fast.models import build_model
 from tap_fast.stats import AccuracySummary, summarize_accuracies
 
@@ -233,9 +234,11 @@ def main(argv=None) -> int:
 
 def run_reporting_errors(work):
     """(work(), 0), or (None, exit code) after a one-line error: 2 for a bad input (ValueError,
-    FileNotFoundError), 1 for a video that cannot be decoded; anything else propagates."""
+    FileNotFoundError), 1 for a video that cannot be decoded, 130 for Ctrl-C; anything else propagates."""
     try:
         return work(), 0
+    except KeyboardInterrupt:
+        return None, report_interrupted()
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return None, 2

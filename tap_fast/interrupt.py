@@ -6,7 +6,17 @@ the training loop saves last.pt and returns. A second SIGINT stops at once (Keyb
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+
+INTERRUPTED = 128 + signal.SIGINT  # the shell's exit status for "ended by Ctrl-C"
+
+
+def report_interrupted(note: str = "") -> int:
+    """One line for a Ctrl-C outside the training loop (or a second one inside it), instead of a
+    traceback from wherever it landed; returns the exit status."""
+    print(f"tap_fast: interrupted (Ctrl-C){note}", file=sys.stderr, flush=True)
+    return INTERRUPTED
 
 
 class StopOnSignal:

@@ -38,10 +38,10 @@ from tap_fast import distributed
 from tap_fast.atomic_write import write_atomic, write_text_atomic
 from tap_fast.checkpoint import load_checkpoint, load_weights, restore_rng_states, rng_states, save_atomic
 from tap_fast.config import CHOICES, HEADS, PRESETS, TrainConfig, check_value, preset
-from tap_fast.data.build import check_split_dir_applies, episode_dataset, episode_loader, load_index
+from tap_fast.data.build import check_data_root, check_split_dir_applies, episode_dataset, episode_loader, load_index
 from tap_fast.data.decode import VideoDecodeError, as_decode_error
 from tap_fast.evaluate import VAL_SEED_OFFSET, check_episodes_fit, format_report, meta_test, pick_device, test_report
-from tap_fast.interrupt import StopOnSignal
+from tap_fast.interrupt import StopOnSignal, report_interrupted
 from tap_fast.models import build_model, episode_loss, parameter_groups_to_clip
 from tap_fast.precision import PRECISIONS, autocast, grad_scaler, resolve_precision
 from tap_fast.run_log import RunLog
@@ -235,9 +235,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.crop > config.resize:
         raise ValueError(f"--crop {config.crop} is larger than --resize {config.resize} (the frame's short side)")
     check_split_dir_applies(config)
-    if config.data_root and Path(config.data_root).exists() and not Path(config.data_root).is_dir():
-        # synthetic: the set would be generated into it (a FileExistsError traceback after the model is built)
-        raise ValueError(f"--data-root {config.data_root} is a file, not a directory")
+    check_data_root(config)  # before the model: ResNet-50 takes seconds to build
     pick_device(config.device)  # --device cuda without a GPU: say so now, not in a traceback
 
 
@@ -646,12 +644,16 @@ def _save_plots(model, config, index, device, history, out_dir: Path) -> list[st
 
 
 def main(argv=None) -> int:
+    config = None
     try:
         config, options = parse_args(argv)
         summary = train(config, options)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a first Ctrl-C in the loop stops it cleanly; this is any other one
+        saved = config is not None and (Path(config.out_dir) / "last.pt").is_file()
+        return report_interrupted("; last.pt holds the last checkpoint, continue with --resume" if saved else "")
     except VideoDecodeError as error:
         saved = getattr(error, "saved", None)
         kept = (f"; last.pt saved at episode {saved[1]} ({saved[0]}), continue with --resume" if saved else "")

@@ -220,6 +220,21 @@ def test_data_root_that_is_a_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("data_root", [None, "missing"])
+def test_a_real_preset_without_its_data_is_one_line_before_the_model(tmp_path, capsys, data_root):
+    from tap_fast.train import main
+
+    args = ["--preset", "ucf101", "--out-dir", str(tmp_path / "run"), "--no-progress"]
+    if data_root:
+        args += ["--data-root", str(tmp_path / data_root)]
+    # was: ResNet-50 built first, its "no --backbone-weights" warning printed, then the error
+    assert main(args) == 2
+    expected = (f"--data-root {tmp_path / data_root} does not exist" if data_root else
+                "--data-root is required for the ucf101 preset (a folder in the video-folders or frame-folders layout)")
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_dir_on_the_synthetic_set_is_refused(tmp_path):
     from tap_fast.train import parse_args, validate_config
 

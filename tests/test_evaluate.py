@@ -297,3 +297,13 @@ def test_evaluate_of_a_synthetic_run_never_generates_in_another_root(trained, da
     with one_thread():  # where the set is (moved, or as here where it was made): evaluated
         assert evaluate_main(args + [str(data_root)]) == 0
     assert "3-way 1-shot" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_evaluate_or_predict_is_one_line(capsys):
+    from tap_fast.evaluate import run_reporting_errors
+
+    def interrupted():
+        raise KeyboardInterrupt  # was: a traceback from wherever the meta-test or the probing stood
+
+    assert run_reporting_errors(interrupted) == (None, 130)
+    assert capsys.readouterr().err == "tap_fast: interrupted (Ctrl-C)\n"

@@ -36,9 +36,7 @@ def load_index(config, progress: bool = True) -> DatasetIndex:
     if config.dataset_format not in FORMATS + ("auto",):
         raise ValueError(f"unknown dataset format {config.dataset_format!r}; "
                          f"one of synthetic, auto, {', '.join(FORMATS)}")
-    if not config.data_root:
-        raise ValueError(f"--data-root is required for the {config.preset} preset "
-                         f"(a folder in the {' or '.join(FORMATS)} layout)")
+    check_data_root(config)
     split_dir = config.split_dir
     if split_dir is None and (Path(config.data_root) / "splits").is_dir():
         split_dir = Path(config.data_root) / "splits"  # lists shipped beside the data
@@ -57,6 +55,24 @@ def check_split_dir_applies(config) -> None:
     if config.dataset_format == "synthetic" and getattr(config, "split_dir", None):  # duck-typed configs too
         raise ValueError(f"--split-dir {config.split_dir}: the synthetic set has its own class split; split "
                          "lists are read for real datasets (--dataset-format auto, video-folders or frame-folders)")
+
+
+def check_data_root(config) -> None:
+    """A ValueError for a --data-root that cannot hold the dataset: missing for a real dataset, a file,
+    or (real datasets) not there. Cheap, so train checks it before building a model."""
+    root = config.data_root
+    if root and Path(root).exists() and not Path(root).is_dir():
+        # synthetic: the set would be generated into it (a FileExistsError traceback later)
+        raise ValueError(f"--data-root {root} is a file, not a directory")
+    if config.dataset_format == "synthetic":
+        return  # None or a new folder: the set is generated there
+    from .formats import FORMATS
+
+    if not root:
+        raise ValueError(f"--data-root is required for the {config.preset} preset "
+                         f"(a folder in the {' or '.join(FORMATS)} layout)")
+    if not Path(root).exists():
+        raise ValueError(f"--data-root {root} does not exist")
 
 
 def synthetic_set_dir(config) -> Path:

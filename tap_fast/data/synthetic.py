@@ -41,6 +41,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -512,6 +513,10 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 
     return index_path
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -524,7 +529,9 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
         import multiprocessing as mp
 
         # spawn, not fork: safe after torch/threads were started in the parent.
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # workers ignore Ctrl-C: the parent alone stops (and removes the half-made set), rather
+        # than every worker printing its own KeyboardInterrupt traceback
+        with mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
             for _ in pool.imap_unordered(_generate_one, jobs, chunksize=8):
                 bar.update()
     bar.close()
