@@ -99,9 +99,21 @@ def test_detect_format(video_root, frame_root, tmp_path):
     ("air drumming/-VtLx-mcPds_000012 3", ("air drumming", "-VtLx-mcPds_000012")),
     ("air drumming\\clip_1.mp4", ("air drumming", "clip_1.mp4")),
     ("class_0/", ("class_0", None)),  # a class name with a trailing slash
+    ("air drumming  # 12 clips", ("air drumming", None)),  # an inline comment (was: part of the name)
+    ("class_4/vid0 4\t# relabelled", ("class_4", "vid0")),
+    ("C#/clip", ("C#", "clip")),  # a '#' inside a name
 ])
 def test_parse_split_line(line, expected):
     assert parse_split_line(line) == expected
+
+
+def test_an_inline_comment_gives_way_to_a_name_on_disk(tmp_path):
+    (tmp_path / "trainlist01.txt").write_text("Set #1\nclass_a  # the long clips\n")
+    (tmp_path / "vallist01.txt").write_text("class_b\n")
+    (tmp_path / "testlist01.txt").write_text("class_c\n")
+    on_disk = {"Set #1", "class_a", "class_b", "class_c"}
+    lists = read_split_lists(tmp_path, exists=lambda cls, video: cls in on_disk and video is None)
+    assert lists["train"] == [("Set #1", None), ("class_a", None)]
 
 
 def test_split_lists_need_all_three(tmp_path):

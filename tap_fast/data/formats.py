@@ -24,7 +24,8 @@ with train / val / test, e.g. TRX's ``trainlist03.txt``, ``vallist03.txt``, ``te
 * ``class`` alone (a list of class names; every video of the class is in that split).
 
 A line that reads as an annotation line but names nothing on disk is read whole (``a/clip 2``
-for ``a/clip 2.mp4``, a class ``Set 1``). Lists are UTF-8.
+for ``a/clip 2.mp4``, a class ``Set 1``). Lines starting with ``#`` are comments, and so is the
+rest of a line from a `` #`` (a class ``Set #1`` that is on disk is still read whole). Lists are UTF-8.
 
 A class may appear in one split's list only (few-shot splits are disjoint by class). A UTF-8
 byte-order mark at the start of a list is ignored.
@@ -81,6 +82,7 @@ PRESET_CLASS_COUNTS = {
 }
 
 # path may hold spaces (Kinetics class names: "air drumming/x1 12"): the numbers at the end split it off
+_INLINE_COMMENT = re.compile(r"\s+#")  # a '#' after a space; a '#' inside a name ("C#") is kept
 _ANNOTATION_LINE = re.compile(r"^(?P<path>.+?)\s+(?:(?P<frames>\d+)\s+)?(?P<label>\d+)$")
 
 
@@ -284,6 +286,13 @@ def split_line_readings(line: str) -> list[tuple[str, str | None]]:
     class-name line): an annotation line first when it looks like one, then the whole line as
     ``class/video`` or a class name (``a/clip 2`` and a class ``Set 1`` look like annotations)."""
     line = line.strip().replace("\\", "/")  # lists written on Windows
+    comment = _INLINE_COMMENT.search(line)
+    if comment and comment.start() > 0:  # "class_a  # 12 clips": the part before, then the whole line
+        return _line_readings(line[:comment.start()]) + _line_readings(line)
+    return _line_readings(line)
+
+
+def _line_readings(line: str) -> list[tuple[str, str | None]]:
     readings = []
     m = _ANNOTATION_LINE.match(line)
     if m:
