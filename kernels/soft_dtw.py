@@ -130,4 +130,19 @@ def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> tor
         raise NotImplementedError("soft_dtw: torch.func grad transforms (grad, jacrev, ...) are not "
                                   "supported (vmap is); use torch.autograd, or tap_fast.kernels.soft_dtw_reference "
                                   "(plain PyTorch) on small inputs") from err
+    _check_no_overflow(cost, values)
     return values
+
+
+def _check_no_overflow(cost, values):
+    """Finite costs whose path sums pass the dtype's largest value (float32: 3.4e38) would give NaN
+    (inf - inf in the soft-min): say so. values has B entries, a cheap check (a host sync on GPU, as
+    the input check's)."""
+    if (torch.compiler.is_compiling() or values.device.type == "meta" or values.numel() == 0
+            or torch._C._functorch.is_functorch_wrapped_tensor(values)):  # vmap: no data-dependent branch
+        return
+    if not bool(values.detach().isfinite().all()):
+        largest = cost.detach().abs().max().item()
+        raise ValueError(f"soft_dtw: the accumulated cost overflowed {cost.dtype} (|cost| up to {largest:.3g}, "
+                         f"summed along a path of up to {cost.shape[1] + cost.shape[2]} cells); scale the costs "
+                         "down or compute in float64 (cost.double())")

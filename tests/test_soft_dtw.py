@@ -157,6 +157,21 @@ def test_large_costs_and_small_gamma_stay_finite(variant, dtype):
         assert x.grad.min() >= 0 and x.grad.max() <= 1 + 1e-5
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_path_sums_past_float32_max_are_named(variant, device):
+    """Finite float32 costs near its largest value overflow along the path: this was NaN, silently."""
+    with pytest.raises(ValueError, match=r"soft_dtw: the accumulated cost overflowed torch.float32 "
+                                         r"\(\|cost\| up to 3e\+38, summed along a path of up to 7 cells\)"):
+        soft_dtw(torch.full((2, 3, 4), 3e38, device=device), 0.1, variant)
+    # the same costs in float64 are fine, and a single huge cost the path can avoid stays finite
+    assert torch.isfinite(soft_dtw(torch.full((2, 3, 4), 3e38, dtype=torch.float64, device=device), 0.1, variant)).all()
+    cost = torch.rand(2, 3, 4, device=device)
+    cost[:, 1, 2] = 3e38
+    assert torch.isfinite(soft_dtw(cost, 0.1, variant)).all()
+
+
 def test_large_costs_match_reference():
     cost = torch.rand(4, 10, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     cost = cost * 1e5
