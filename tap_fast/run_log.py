@@ -18,7 +18,7 @@ class RunLog:
     def __init__(self, out_dir: str | Path, enabled: bool = True, resume_episode: int | None = None,
                  resumed_log: str | Path | None = None):
         """resumed_log: the resumed run's log.jsonl when that run is in another folder (default: this
-        one's), whose records up to resume_episode start this log; its TensorBoard files stay there."""
+        one's), whose records up to resume_episode start this log and this folder's TensorBoard."""
         self.enabled = enabled
         self.path = Path(out_dir) / "log.jsonl"
         self._writer = None
@@ -42,6 +42,16 @@ class RunLog:
         else:
             self._writer = SummaryWriter(str(Path(out_dir) / "tensorboard"),
                                          purge_step=resume_episode + 1 if resume_episode is not None else None)
+            if source != self.path:  # resumed from another folder: its curves start this one's too
+                for line in kept:
+                    record = json.loads(line)
+                    self._add_scalars(record.pop("kind"), record.pop("episode"),
+                                      {k: v for k, v in record.items() if k != "step"})
+
+    def _add_scalars(self, kind: str, episode: int, values: dict) -> None:
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._writer.add_scalar(f"{kind}/{name}", value, global_step=episode)
 
     def record(self, kind: str, episode: int, step: int, **values) -> None:
         """One record: kind "train" | "val" | ..., x-axis = episodes seen."""
@@ -51,9 +61,7 @@ class RunLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._writer is not None:
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._writer.add_scalar(f"{kind}/{name}", value, global_step=episode)
+            self._add_scalars(kind, episode, values)
 
     def flush(self) -> None:
         if self._writer is not None:

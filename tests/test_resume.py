@@ -65,6 +65,16 @@ def test_resume_into_another_out_dir_matches_uninterrupted(data_root, uninterrup
                         RunOptions(progress=False, resume=str(tmp_path / "first" / "last.pt")))
     _assert_same_state(resumed["final_state_dict"], reference["final_state_dict"])
     assert _train_losses(tmp_path / "second") == _train_losses(reference_dir)  # the first folder's records too
+    # and TensorBoard's curves (they used to start at the resume, the rest left in the first folder)
+    assert _tensorboard_steps(tmp_path / "second", "train/loss") == _tensorboard_steps(reference_dir, "train/loss")
+
+
+def _tensorboard_steps(out_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, pytest.approx(e.value)) for e in events.Scalars(tag)]
 
 
 def test_resume_refuses_other_settings(data_root, uninterrupted, tmp_path):
