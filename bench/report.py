@@ -43,6 +43,10 @@ def load_rows(paths, x_param: str) -> tuple[list[dict], dict]:
         if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
             raise InputError(f'{path}: "benchmarks" must be a list of objects')
         for b in benchmarks:
+            for key in ("params", "extra_info"):  # hand-edited files: a list here was a traceback
+                if not isinstance(b.get(key) or {}, dict):
+                    raise InputError(f"{path}: benchmark {b.get('name', '?')!r}: {key} must be an object "
+                                     f"(name: value), got {type(b[key]).__name__}")
             params = dict(b.get("params") or {})
             extra = dict(b.get("extra_info") or {})
             x = params.pop(x_param, extra.get(x_param))

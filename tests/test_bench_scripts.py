@@ -75,6 +75,10 @@ def test_report_plots_only_rows_with_the_x_parameter(tmp_path):
     (None, "no such file"), ("not json", "is not JSON"), ("[]", "holds an array"),
     ('{"benchmarks": []}', "no benchmarks in"), ('{"benchmarks": [{"name": "x"}]}', "neither extra_info.time_ms"),
     ('{"reports": [], "arch": 90}', 'has no "benchmarks" list: not pytest-benchmark JSON'),  # another script's JSON
+    ('{"benchmarks": [{"name": "x", "params": [64], "stats": {"mean": 1}}]}',
+     "benchmark 'x': params must be an object (name: value), got list"),
+    ('{"benchmarks": [{"name": "x", "extra_info": "fast", "stats": {"mean": 1}}]}',
+     "benchmark 'x': extra_info must be an object (name: value), got str"),
 ])
 def test_report_bad_inputs_give_one_line_errors(tmp_path, capsys, content, message):
     path = tmp_path / "in.json"
