@@ -107,18 +107,24 @@ def test_sigterm_checkpoints_and_resume_is_exact(data_root, uninterrupted, tmp_p
     _assert_same_state(resumed["final_state_dict"], reference["final_state_dict"])
 
 
-def test_ctrl_c_while_the_synthetic_set_is_made_is_one_line(tmp_path):
-    """Ctrl-C in a terminal reaches the whole process group: the generating workers too. It used to
-    end in tracebacks from the parent and from every worker; now one line, exit 130, no half-made set."""
+@pytest.mark.parametrize("when", ["starting", "writing"])
+def test_ctrl_c_while_the_synthetic_set_is_made_is_one_line(tmp_path, when):
+    """Ctrl-C in a terminal reaches the whole process group: the generating workers too, while they
+    start (import) or write videos. It used to end in tracebacks from the parent and from every
+    worker; now one line, exit 130, no half-made set."""
     gen = tmp_path / "gen"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tap_fast.train", "--data-root", str(gen), "--out-dir", str(tmp_path / "run"),
          "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a CI runner may ignore SIGINT
     deadline = time.time() + 120
-    while not list(gen.glob(".synthetic-*.tmp-*/videos/*/*.webm")):  # the workers are writing videos
+    # every class folder made: the pool is being started; a video written: the workers are writing
+    ready = ((lambda: len(list(gen.glob(".synthetic-*.tmp-*/videos/*"))) == 100) if when == "starting" else
+             (lambda: bool(list(gen.glob(".synthetic-*.tmp-*/videos/*/*.webm")))))
+    while not ready():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+        time.sleep(0.02)
+    time.sleep(0.8 if when == "starting" else 0)  # the workers are importing torch (about 2 s here)
     os.killpg(proc.pid, signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output

@@ -514,7 +514,8 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 
 
 
 def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops a Ctrl-C that came while it started
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
@@ -530,8 +531,19 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
 
         # spawn, not fork: safe after torch/threads were started in the parent.
         # workers ignore Ctrl-C: the parent alone stops (and removes the half-made set), rather
-        # than every worker printing its own KeyboardInterrupt traceback
-        with mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
+        # than every worker printing its own KeyboardInterrupt traceback. They start with SIGINT
+        # blocked (the mask survives exec) until their initializer ignores it: a Ctrl-C while one
+        # is still importing would otherwise be a traceback too (CPython's resource tracker does the
+        # same, bpo-33613; started first, as its own start would unblock SIGINT again).
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C meanwhile lands here
+        with pool:
             for _ in pool.imap_unordered(_generate_one, jobs, chunksize=8):
                 bar.update()
     bar.close()
