@@ -192,8 +192,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=positive_int, default=90, help="compute capability: 90 (H100/H200), 80 (A100)")
     parser.add_argument("--tq", type=positive_int, nargs="+", default=[32, 64], help="clip lengths (tile shapes follow them)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="operand dtype (default bf16)")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS),
+                        help="which fused kernels to compile (default all)")
     parser.add_argument("--variants", nargs="+", type=variant_name, default=["64/broadcast"],
                         help="TILE_ROWS/UV_LOAD pairs, e.g. 64/broadcast 128/rows")
     parser.add_argument("--out", help="also write <out>.md and <out>.json")

@@ -129,10 +129,11 @@ def _table(rows) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--episodes", nargs="+", default=["5w5s"], choices=list(EPISODES))
-    ap.add_argument("--t", nargs="+", type=positive_int, default=[4])
+    ap.add_argument("--episodes", nargs="+", default=["5w5s"], choices=list(EPISODES),
+                    help="episode shapes, query x support clips (default 5w5s)")
+    ap.add_argument("--t", nargs="+", type=positive_int, default=[4], help="frames per clip (default 4)")
     ap.add_argument("--batches", type=positive_int, default=15, help="batches of --calls calls; the best batch counts")
-    ap.add_argument("--calls", type=positive_int, default=50)
+    ap.add_argument("--calls", type=positive_int, default=50, help="calls per batch (default 50)")
     ap.add_argument("--out", help="write OUT.md and OUT.json")
     args = ap.parse_args(argv)
     out = prepare_out(args.out, (".md", ".json")) if args.out else None  # before the run, not after it

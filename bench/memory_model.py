@@ -148,9 +148,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sms", type=positive_int, default=132,
                     help="multiprocessors of the GPU modelled (H100 SXM, H200: 132)")
-    ap.add_argument("--episodes", nargs="+", default=list(EPISODES), choices=list(EPISODES))
-    ap.add_argument("--t", nargs="+", type=positive_int, default=[4, 8, 16, 32, 64, 128])
-    ap.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"], choices=["fwd", "fwd_bwd"])
+    ap.add_argument("--episodes", nargs="+", default=list(EPISODES), choices=list(EPISODES),
+                    help="episode shapes, query x support clips (default all)")
+    ap.add_argument("--t", nargs="+", type=positive_int, default=[4, 8, 16, 32, 64, 128],
+                    help="frames per clip (default 4 8 16 32 64 128)")
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"], choices=["fwd", "fwd_bwd"],
+                    help="forward alone and/or forward+backward (default both)")
     ap.add_argument("--out", help="write OUT.md and OUT.json")
     args = ap.parse_args(argv)
     out = prepare_out(args.out, (".md", ".json")) if args.out else None  # before the run, not after it

@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import positive_int  # noqa: E402
 from compile_report import PAPER_WIDTHS, variant_env  # noqa: E402
 
 DEFAULT_VARIANT = "64/broadcast"
@@ -55,11 +56,12 @@ def _compile(variant: str, q: int, s: int, t: int, deterministic: bool, device: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--jobs", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2),
+                        help="compiling processes (default: the CPUs less two)")
     parser.add_argument("--episodes", nargs="+", help="QxS pairs, e.g. 5x25 64x64 (default: the benchmarks')")
-    parser.add_argument("--tq", type=int, nargs="+", help="clip lengths")
+    parser.add_argument("--tq", type=positive_int, nargs="+", help="clip lengths")
     parser.add_argument("--variants", nargs="+", help="TILE_ROWS/UV_LOAD pairs")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda", help="the GPU to compile for (default cuda)")
     parser.add_argument("--atomic", action="store_true", help="the atomic backward "
                         "(deterministic=False) instead of the default")
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import device_info  # noqa: E402
+from bench_utils import device_info, positive_int  # noqa: E402
 from test_bench_tap import EPISODES, benchmark_call  # noqa: E402
 
 from tap_fast.kernels import tap_scores, tap_triton  # noqa: E402
@@ -155,12 +155,15 @@ def _markdown(rows, info) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--episode", default="5w5s", choices=list(EPISODES))
-    ap.add_argument("--t", nargs="+", type=int, default=[4, 32, 64])
-    ap.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"], choices=["fwd", "fwd_bwd"])
-    ap.add_argument("--d", type=int, default=PAPER_D)
-    ap.add_argument("--hidden", type=int, nargs=3, default=list(PAPER_HIDDEN))
-    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--episode", default="5w5s", choices=list(EPISODES),
+                    help="episode shape, query x support clips (default 5w5s)")
+    ap.add_argument("--t", nargs="+", type=positive_int, default=[4, 32, 64], help="frames per clip (default 4 32 64)")
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"], choices=["fwd", "fwd_bwd"],
+                    help="forward alone and/or forward+backward (default both)")
+    ap.add_argument("--d", type=positive_int, default=PAPER_D, help=f"feature width D (default {PAPER_D})")
+    ap.add_argument("--hidden", type=positive_int, nargs=3, default=list(PAPER_HIDDEN),
+                    help=f"the alignment MLP's widths H1 H2 H3 (default {' '.join(map(str, PAPER_HIDDEN))})")
+    ap.add_argument("--calls", type=positive_int, default=5, help="profiled calls per row (default 5)")
     ap.add_argument("--out", help="write OUT.md, OUT.json and the profiler tables in OUT.txt")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

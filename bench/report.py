@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("json", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     ap.add_argument("--out", required=True, help="output path prefix: writes <out>.md and <out>.png")
     ap.add_argument("--x", default="T", help="parameter on the x axis (default: T)")
-    ap.add_argument("--title", default="benchmark results")
+    ap.add_argument("--title", default="benchmark results", help="heading of the table and the plot")
     args = ap.parse_args(argv)
     rows, _ = load_rows(args.json, args.x)
     if not rows:

@@ -54,11 +54,11 @@ def measure(q, s, t, rows, uv_load, dense, modes=("fwd", "fwd_bwd")):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="the JSON file to write (rewritten after every row)")
     ap.add_argument("--variants", nargs="+", type=variant_name,
                     default=["64/broadcast", "64/rows", "128/broadcast", "128/rows"],
                     help="ROWS/UV_LOAD pairs; the first is the reference for rel_diff_vs_first")
-    ap.add_argument("--T", type=positive_int, nargs="+", default=[32, 64])
+    ap.add_argument("--T", type=positive_int, nargs="+", default=[32, 64], help="frames per clip (default 32 64)")
     ap.add_argument("--bwd-cost-ratios", type=float, nargs="*", default=[1.25, 2.0],
                     help="forward+backward of the first variant again with these TAP_FAST_BWD_COST_RATIO values "
                          "(how plan_backward splits the SMs between the passes; default 1.5)")

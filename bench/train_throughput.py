@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import device_info  # noqa: E402
+from bench_utils import device_info, int_at_least, positive_int  # noqa: E402
 
 
 def run_one(precision: str, args, workdir: Path) -> dict:
@@ -69,11 +69,13 @@ def write_report(out: Path, info: dict, episodes: int, runs: list[dict]) -> None
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output path without extension")
-    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
-    ap.add_argument("--episodes", type=int, default=1500)
-    ap.add_argument("--test-episodes", type=int, default=300)
-    ap.add_argument("--log-every", type=int, default=100)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"],
+                    help="one training run each (default bf16 fp32)")
+    ap.add_argument("--episodes", type=positive_int, default=1500, help="training episodes per run (default 1500)")
+    ap.add_argument("--test-episodes", type=positive_int, default=300, help="meta-test episodes per setting (default 300)")
+    ap.add_argument("--log-every", type=positive_int, default=100,
+                    help="optimizer steps per logging interval, one speed sample each (default 100)")
+    ap.add_argument("--workers", type=int_at_least(0), default=4, help="data loading processes (default 4)")
     args = ap.parse_args(argv)
 
     info = device_info()

@@ -167,7 +167,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tap_fast.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by tap_fast.train")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
+                        help="whose classes the episodes draw from (default test; val: the model-selection split)")
     parser.add_argument("--shots", type=_positive_int, nargs="+",
                         help="K values to test (default: the run's test_shots)")
     parser.add_argument("--way", type=_at_least_two, help="classes per episode (default: the run's way)")

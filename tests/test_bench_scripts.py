@@ -181,3 +181,41 @@ def test_profile_records_each_autotune_candidate_and_the_choice(monkeypatch):
     md = profile_tap._markdown([row], {"device": "cuda", "commit": "abc1234"})
     assert "bwd kernel autotuning (chosen: BK=32 BKB=64 warps=8 stages=3)" in md
     assert "| BK=64 BKB=64 warps=8 stages=2 | 0.7000 / 0.6000 / 0.8000 |" in md
+
+
+_HELP_PROBE = """
+import argparse, importlib, json, os, sys
+sys.path.insert(0, {bench!r})
+
+class Parsed(Exception):  # raised in place of parsing: the parser main() built, before any work
+    pass
+
+parsers = []
+
+def capture(parser, *args, **kwargs):
+    parsers.append(parser)
+    raise Parsed
+
+argparse.ArgumentParser.parse_args = capture
+missing = {{}}
+for module in {modules!r}:
+    try:
+        importlib.import_module(module).main([])
+    except Parsed:
+        pass
+    missing[module] = [a.option_strings or a.dest for a in parsers[-1]._actions if not a.help]
+print(json.dumps(missing))
+"""
+
+
+def test_every_command_line_option_has_help():
+    modules = ["tap_fast.train", "tap_fast.evaluate", "tap_fast.predict", "tap_fast.data.synthetic", "compile_report",
+               "host_cost", "memory_model", "precompile", "profile_tap", "report", "slim_dali", "targets", "tile_sweep",
+               "train_throughput"]
+    # a subprocess: compile_report refuses TRITON_INTERPRET (set for the tests) and sets knobs when imported
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _HELP_PROBE.format(bench=str(REPO / "bench"), modules=modules)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    missing = {module: options for module, options in json.loads(run.stdout.splitlines()[-1]).items() if options}
+    assert not missing, f"--help says nothing about these options: {missing}"

@@ -194,13 +194,6 @@ def test_a_setting_given_by_flag_and_set_is_refused(args, key, flag, capsys):
     assert capsys.readouterr().err == f"error: {message}\n"
 
 
-def test_every_train_option_has_help():
-    from tap_fast.train import build_parser
-
-    missing = [action.option_strings for action in build_parser()._actions if not action.help]
-    assert not missing
-
-
 def test_test_shots_must_not_repeat(capsys):
     from tap_fast.train import main, validate_config
 

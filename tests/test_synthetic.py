@@ -195,6 +195,14 @@ def test_cli_list():
     assert "RuntimeWarning" not in out.stderr
 
 
+def test_cli_bad_sizes_are_one_line(tmp_path, capsys):
+    from tap_fast.data.synthetic import main
+
+    assert main(["--frames", "1", "--root", str(tmp_path)]) == 2  # was: a ValueError traceback
+    assert capsys.readouterr().err == "error: frames must be an int >= 2, got 1\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("family,ordered_min", [("disc_horizontal", 0.7), ("triangle_scale", 0.4)])
 def test_only_the_order_separates_a_family(family, ordered_min):
     # the benchmark's point: time-pooled frames are near chance (1/8) within a family of 8 orders,

@@ -564,17 +564,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tap_fast.data.synthetic", description=__doc__.split("\n")[0])
     ap.add_argument("--list", action="store_true", help="print the class list and exit")
     ap.add_argument("--root", default=None, help="parent directory (default $TAP_FAST_DATA_DIR or ~/.cache/tap_fast)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--videos-per-class", type=int, default=20)
-    ap.add_argument("--frames", type=int, default=32)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the clips' shapes and motions (default 0)")
+    ap.add_argument("--videos-per-class", type=int, default=20, help="videos of each of the 100 classes (default 20)")
+    ap.add_argument("--frames", type=int, default=32, help="frames per video (default 32)")
+    ap.add_argument("--size", type=int, default=64, help="frame width and height in pixels, even (default 64)")
+    ap.add_argument("--workers", type=int, default=2, help="encoding processes (default 2)")
     args = ap.parse_args(argv)
     if args.list:
         print(class_table())
         return 0
     t0 = time.perf_counter()
-    path = ensure_synthetic_dataset(args.root, args.seed, args.videos_per_class, args.frames, args.size, args.workers)
+    try:
+        path = ensure_synthetic_dataset(args.root, args.seed, args.videos_per_class, args.frames, args.size,
+                                        args.workers)
+    except (ValueError, FileExistsError) as error:  # a bad size, a folder made by hand: one line
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        from tap_fast.interrupt import report_interrupted
+
+        return report_interrupted()
     print(f"{path}  ({time.perf_counter() - t0:.1f} s)")
     return 0
 
