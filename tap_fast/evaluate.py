@@ -190,6 +190,9 @@ def main(argv=None) -> int:
         model, config, device = open_checkpoint(args)
         if args.way:  # the heads score any number of classes: a 5-way model can be tested 10-way
             config = config.replace(way=args.way)
+        if not args.data_root and config.dataset_format != "synthetic" and not Path(config.data_root).is_dir():
+            raise ValueError(f"the run's dataset root {config.data_root} is not there (moved, or another machine); "
+                             "name where the data is with --data-root")
         if args.data_root:
             # the checkpoint's data must already be there: for a synthetic set a mistyped path
             # would otherwise quietly generate a whole new dataset in it

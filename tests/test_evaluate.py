@@ -210,6 +210,15 @@ def test_evaluate_names_weights_that_do_not_fit_the_config(trained, tmp_path, ca
     assert "its 'model' entry is not a state dict (int)" in capsys.readouterr().err
 
 
+def test_evaluate_of_a_run_whose_data_moved_says_to_name_it(trained, tmp_path, capsys):
+    checkpoint = torch.load(trained / "best.pt", weights_only=False)
+    checkpoint["config"].update(dataset_format="video-folders", data_root=str(tmp_path / "moved"))
+    torch.save(checkpoint, tmp_path / "real.pt")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "real.pt"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: the run's dataset root {tmp_path / 'moved'} is not there (moved, or "
+                                       "another machine); name where the data is with --data-root\n")
+
+
 def test_evaluate_refuses_split_lists_for_a_synthetic_run(trained, tmp_path, capsys):
     # the synthetic set keeps its own split: the lists were ignored without a word
     assert evaluate_main(["--checkpoint", str(trained / "best.pt"), "--split-dir", str(tmp_path)]) == 2
