@@ -19,6 +19,15 @@ def report_interrupted(note: str = "") -> int:
     return INTERRUPTED
 
 
+def ignore_ctrl_c(*_) -> None:
+    """In a worker process (a Pool initializer, a DataLoader worker_init_fn): Ctrl-C in a terminal
+    reaches every process of the group, and a worker that died of it would take the batch or video
+    it owed with it; the main process alone decides to stop. Also unblocks SIGINT for a worker
+    started with it blocked (which drops a Ctrl-C that came while it started)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class StopOnSignal:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

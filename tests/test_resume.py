@@ -107,6 +107,26 @@ def test_sigterm_checkpoints_and_resume_is_exact(data_root, uninterrupted, tmp_p
     _assert_same_state(resumed["final_state_dict"], reference["final_state_dict"])
 
 
+def test_ctrl_c_with_loader_workers_stops_at_the_step_end(data_root, tmp_path):
+    """Ctrl-C in a terminal reaches the DataLoader workers too: they used to die of it, and a step
+    still owed batches ended in "DataLoader worker ... exited unexpectedly", with nothing saved."""
+    config = tiny_config(data_root, tmp_path, episodes=64 * 32, episodes_per_step=32, workers=2,
+                         checkpoint_every=1000, val_every=10 ** 6)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tap_fast.train", *tiny_cli_args(config)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not (tmp_path / "log.jsonl").is_file() or not (tmp_path / "log.jsonl").read_text():  # a step done
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # mid-step: 31 of its 32 batches still to come, 4 prefetched
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "Traceback" not in output, output
+    stopped_at = load_checkpoint(tmp_path / "last.pt")["episode"]
+    assert f"stopped at episode {stopped_at} (SIGINT)" in output and stopped_at % 32 == 0
+
+
 @pytest.mark.parametrize("when", ["starting", "writing"])
 def test_ctrl_c_while_the_synthetic_set_is_made_is_one_line(tmp_path, when):
     """Ctrl-C in a terminal reaches the whole process group: the generating workers too, while they

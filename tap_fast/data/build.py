@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from tap_fast.interrupt import ignore_ctrl_c
+
 from .index import DatasetIndex
 
 _decoder_choices: dict[tuple, tuple[str, str]] = {}  # (index id, requested) -> (decoder, reason), logged once
@@ -167,4 +169,7 @@ def episode_loader(config, index: DatasetIndex, split: str, shot: int, train: bo
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=episodes[shard_id::num_shards], num_workers=config.workers,
         persistent_workers=config.workers > 0,
+        # a worker that died of Ctrl-C left the loop a batch short: "DataLoader worker exited
+        # unexpectedly" instead of the clean stop at the step's end (tap_fast.interrupt)
+        worker_init_fn=ignore_ctrl_c,
     )

@@ -513,11 +513,6 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, seed: int = 
     return index_path
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops a Ctrl-C that came while it started
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -537,10 +532,12 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
         # same, bpo-33613; started first, as its own start would unblock SIGINT again).
         from multiprocessing import resource_tracker
 
+        from tap_fast.interrupt import ignore_ctrl_c
+
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint)
+            pool = mp.get_context("spawn").Pool(workers, initializer=ignore_ctrl_c)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C meanwhile lands here
         with pool:
