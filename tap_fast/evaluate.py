@@ -244,6 +244,8 @@ def run_reporting_errors(work):
     except KeyboardInterrupt:
         return None, report_interrupted()
     except (ValueError, FileNotFoundError) as error:
+        if not names_its_problem(error):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return None, 2
     except Exception as error:
@@ -252,6 +254,13 @@ def run_reporting_errors(work):
             raise
         print(f"error: {decode_error}; replace or remove the video", file=sys.stderr)
         return None, 1
+
+
+def names_its_problem(error: Exception) -> bool:
+    """Whether error's one line tells the user what to fix: not an OS FileNotFoundError without a
+    path (raised inside a library: "[Errno 2] No such file or directory" alone says nothing, its
+    traceback says where)."""
+    return not (isinstance(error, FileNotFoundError) and error.errno is not None and error.filename is None)
 
 
 def check_json_path(path: str) -> None:

@@ -40,7 +40,8 @@ from tap_fast.checkpoint import load_checkpoint, load_weights, restore_rng_state
 from tap_fast.config import CHOICES, HEADS, PRESETS, TrainConfig, check_value, preset
 from tap_fast.data.build import check_data_root, check_split_dir_applies, episode_dataset, episode_loader, load_index
 from tap_fast.data.decode import VideoDecodeError, as_decode_error
-from tap_fast.evaluate import VAL_SEED_OFFSET, check_episodes_fit, format_report, meta_test, pick_device, test_report
+from tap_fast.evaluate import (VAL_SEED_OFFSET, check_episodes_fit, format_report, meta_test, names_its_problem,
+                               pick_device, test_report)
 from tap_fast.interrupt import StopOnSignal, report_interrupted
 from tap_fast.models import build_model, episode_loss, parameter_groups_to_clip
 from tap_fast.precision import PRECISIONS, autocast, grad_scaler, resolve_precision
@@ -649,6 +650,8 @@ def main(argv=None) -> int:
         config, options = parse_args(argv)
         summary = train(config, options)
     except (ValueError, FileNotFoundError) as error:
+        if not names_its_problem(error):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a first Ctrl-C in the loop stops it cleanly; this is any other one

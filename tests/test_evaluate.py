@@ -316,3 +316,23 @@ def test_ctrl_c_in_evaluate_or_predict_is_one_line(capsys):
 
     assert run_reporting_errors(interrupted) == (None, 130)
     assert capsys.readouterr().err == "tap_fast: interrupted (Ctrl-C)\n"
+
+
+def test_a_file_not_found_without_a_path_keeps_its_traceback(monkeypatch, capsys):
+    import tap_fast.train as train_module
+    from tap_fast.evaluate import run_reporting_errors
+
+    def lost():  # as from a library's internals (a worker's shared memory): the one line said nothing
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with pytest.raises(FileNotFoundError):
+        run_reporting_errors(lost)
+    monkeypatch.setattr(train_module, "train", lambda *args: lost())
+    with pytest.raises(FileNotFoundError):
+        train_module.main(["--no-progress"])
+
+    def named():  # with its path, or our own message: still one line
+        raise FileNotFoundError(2, "No such file or directory", "/data/x.mp4")
+
+    assert run_reporting_errors(named) == (None, 2)
+    assert capsys.readouterr().err == "error: [Errno 2] No such file or directory: '/data/x.mp4'\n"
