@@ -69,7 +69,9 @@ def _has_kernel(device_type: str) -> bool:
         "tap_fast::soft_dtw_forward", key)
 
 
-def _check(cost, gamma, variant):
+def _check(cost, gamma, variant) -> float | None:
+    """Errors for bad arguments; returns the largest |cost| where the finite check measured it
+    (devices other than the CPU), else None."""
     if not isinstance(cost, torch.Tensor):
         raise TypeError(f"soft_dtw: cost must be a torch.Tensor, got {type(cost).__name__}")
     if cost.dim() != 3:
@@ -93,8 +95,11 @@ def _check(cost, gamma, variant):
     # devices: one cheap reduction (NaN propagates into min/max; a host sync on GPU);
     # skipped while torch.compile traces, and for meta tensors (shapes only, no values).
     if cost.device.type not in ("cpu", "meta") and not torch.compiler.is_compiling() and cost.numel() > 0:
-        if not bool(torch.stack(torch.aminmax(cost.detach())).isfinite().all()):
+        lowest, highest = torch.stack(torch.aminmax(cost.detach())).tolist()
+        if not (math.isfinite(lowest) and math.isfinite(highest)):
             raise ValueError("soft_dtw: cost contains NaN or inf")
+        return max(-lowest, highest)
+    return None
 
 
 def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> torch.Tensor:
@@ -111,7 +116,7 @@ def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> tor
     order, reverse mode: forward-mode AD and torch.func.grad raise; vmap runs); float32 or
     float64; CPU, and CUDA when the extension was built with it.
     """
-    _check(cost, gamma, variant)
+    largest = _check(cost, gamma, variant)
     refuse_forward_ad("soft_dtw", (cost,))
     if _C is None:
         raise RuntimeError(f"soft_dtw needs the compiled extension tap_fast._C, which failed "
@@ -130,19 +135,25 @@ def soft_dtw(cost: torch.Tensor, gamma: float, variant: str = "standard") -> tor
         raise NotImplementedError("soft_dtw: torch.func grad transforms (grad, jacrev, ...) are not "
                                   "supported (vmap is); use torch.autograd, or tap_fast.kernels.soft_dtw_reference "
                                   "(plain PyTorch) on small inputs") from err
-    _check_no_overflow(cost, values)
+    _check_no_overflow(cost, gamma, values, largest)
     return values
 
 
-def _check_no_overflow(cost, values):
+def _check_no_overflow(cost, gamma, values, largest):
     """Finite costs whose path sums pass the dtype's largest value (float32: 3.4e38) would give NaN
-    (inf - inf in the soft-min): say so. values has B entries, a cheap check (a host sync on GPU, as
-    the input check's)."""
+    (inf - inf in the soft-min): say so. On the CPU values (B entries) are looked at; on a GPU only
+    when the input check's largest |cost| does not already bound every cell (no second host sync
+    in the common case): a cell adds at most |cost| and gamma log 3 along a path of at most
+    N + M + 2 cells (OTAM's padded columns included)."""
     if (torch.compiler.is_compiling() or values.device.type == "meta" or values.numel() == 0
             or torch._C._functorch.is_functorch_wrapped_tensor(values)):  # vmap: no data-dependent branch
         return
+    path = cost.shape[1] + cost.shape[2]
+    if largest is not None and (largest + 2 * gamma) * (path + 2) < torch.finfo(cost.dtype).max:
+        return
     if not bool(values.detach().isfinite().all()):
-        largest = cost.detach().abs().max().item()
+        if largest is None:
+            largest = cost.detach().abs().max().item()
         raise ValueError(f"soft_dtw: the accumulated cost overflowed {cost.dtype} (|cost| up to {largest:.3g}, "
-                         f"summed along a path of up to {cost.shape[1] + cost.shape[2]} cells); scale the costs "
+                         f"summed along a path of up to {path} cells); scale the costs "
                          "down or compute in float64 (cost.double())")

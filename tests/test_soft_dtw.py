@@ -172,6 +172,18 @@ def test_path_sums_past_float32_max_are_named(variant, device):
     assert torch.isfinite(soft_dtw(cost, 0.1, variant)).all()
 
 
+def test_the_gpu_overflow_check_trusts_only_a_bound_that_holds():
+    """On a GPU the output is looked at (a second host sync) only when the input check's largest |cost|
+    does not bound every path sum; the decision, checked on CPU tensors."""
+    from tap_fast.kernels.soft_dtw import _check_no_overflow
+
+    cost, nan = torch.zeros(2, 3, 4), torch.full((2,), float("nan"))
+    _check_no_overflow(cost, 0.1, nan, largest=1e30)  # 7 cells x 1e30 cannot overflow: not looked at
+    with pytest.raises(ValueError, match="overflowed torch.float32 \\(\\|cost\\| up to 1e\\+38"):
+        _check_no_overflow(cost, 0.1, nan, largest=1e38)  # 9 x 1e38 might: looked at
+    _check_no_overflow(cost, 0.1, torch.zeros(2), largest=1e38)  # looked at, and finite
+
+
 def test_large_costs_match_reference():
     cost = torch.rand(4, 10, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     cost = cost * 1e5
