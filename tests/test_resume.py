@@ -107,22 +107,32 @@ def test_sigterm_checkpoints_and_resume_is_exact(data_root, uninterrupted, tmp_p
     _assert_same_state(resumed["final_state_dict"], reference["final_state_dict"])
 
 
+def _ctrl_c_in_a_terminal(train_args, ready, delay=0.0) -> tuple[int, str]:
+    """Run `python -m tap_fast.train train_args` in a process group of its own and, once ready() and
+    `delay` seconds later, send SIGINT to the whole group, as a terminal's Ctrl-C does: (exit code, output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tap_fast.train", *train_args],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a CI runner may ignore it
+    deadline = time.time() + 120
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.01)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    return proc.returncode, output
+
+
 def test_ctrl_c_with_loader_workers_stops_at_the_step_end(data_root, tmp_path):
     """Ctrl-C in a terminal reaches the DataLoader workers too: they used to die of it, and a step
     still owed batches ended in "DataLoader worker ... exited unexpectedly", with nothing saved."""
     config = tiny_config(data_root, tmp_path, episodes=64 * 32, episodes_per_step=32, workers=2,
                          checkpoint_every=1000, val_every=10 ** 6)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tap_fast.train", *tiny_cli_args(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while not (tmp_path / "log.jsonl").is_file() or not (tmp_path / "log.jsonl").read_text():  # a step done
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGINT)  # mid-step: 31 of its 32 batches still to come, 4 prefetched
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130 and "Traceback" not in output, output
+    log = tmp_path / "log.jsonl"
+    # after the first step, mid-step: 31 of its 32 batches still to come, 4 prefetched
+    returncode, output = _ctrl_c_in_a_terminal(tiny_cli_args(config), lambda: log.is_file() and log.read_text())
+    assert returncode == 130 and "Traceback" not in output, output
     stopped_at = load_checkpoint(tmp_path / "last.pt")["episode"]
     assert f"stopped at episode {stopped_at} (SIGINT)" in output and stopped_at % 32 == 0
 
@@ -133,21 +143,13 @@ def test_ctrl_c_while_the_synthetic_set_is_made_is_one_line(tmp_path, when):
     start (import) or write videos. It used to end in tracebacks from the parent and from every
     worker; now one line, exit 130, no half-made set."""
     gen = tmp_path / "gen"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tap_fast.train", "--data-root", str(gen), "--out-dir", str(tmp_path / "run"),
-         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a CI runner may ignore SIGINT
-    deadline = time.time() + 120
     # every class folder made: the pool is being started; a video written: the workers are writing
     ready = ((lambda: len(list(gen.glob(".synthetic-*.tmp-*/videos/*"))) == 100) if when == "starting" else
              (lambda: bool(list(gen.glob(".synthetic-*.tmp-*/videos/*/*.webm")))))
-    while not ready():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.02)
-    time.sleep(0.8 if when == "starting" else 0)  # the workers are importing torch (about 2 s here)
-    os.killpg(proc.pid, signal.SIGINT)
-    output = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 130, output
+    returncode, output = _ctrl_c_in_a_terminal(
+        ["--data-root", str(gen), "--out-dir", str(tmp_path / "run"), "--no-progress"], ready,
+        delay=0.8 if when == "starting" else 0)  # the workers are importing torch (about 2 s here)
+    assert returncode == 130, output
     assert output.splitlines()[-1] == "tap_fast: interrupted (Ctrl-C)" and "Traceback" not in output, output
     assert list(gen.iterdir()) == []  # the temporary set is removed, no final one appears
 

@@ -51,6 +51,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tap_fast.interrupt import ignore_ctrl_c, report_interrupted
+
 from .index import DatasetIndex, VideoRecord
 
 GENERATOR_VERSION = 2  # v2: families of 8 orders, motion covers 80-100% of the clip
@@ -532,8 +534,6 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> None:
         # same, bpo-33613; started first, as its own start would unblock SIGINT again).
         from multiprocessing import resource_tracker
 
-        from tap_fast.interrupt import ignore_ctrl_c
-
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
@@ -578,8 +578,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        from tap_fast.interrupt import report_interrupted
-
         return report_interrupted()
     print(f"{path}  ({time.perf_counter() - t0:.1f} s)")
     return 0
